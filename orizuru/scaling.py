@@ -50,6 +50,10 @@ class SweepSection:
     depths: list[int] = field(default_factory=list)  # model sizes: dim = aspect * depth
     aspect: int = 32
     min_steps: int = 20  # a size that gets fewer optimizer steps at a budget is left out there
+    # ...and one that would repeat the training tokens more often than this (Muennighoff et al. 2023:
+    # up to ~4 epochs, repeated tokens are worth nearly as much as unique ones; past that L(N, D) with
+    # D = tokens seen no longer holds). 0: no cap.
+    max_epochs: float = 4.0
 
     def validate(self) -> None:
         if not self.computes or any(c <= 0 for c in self.computes):
@@ -58,6 +62,8 @@ class SweepSection:
             raise ConfigError(f"config key 'sweep.depths' must be a non-empty list of integers >= 1, got {self.depths}")
         if self.aspect < 1 or self.min_steps < 1:
             raise ConfigError("config keys 'sweep.aspect' and 'sweep.min_steps' must be >= 1")
+        if self.max_epochs < 0:
+            raise ConfigError(f"config key 'sweep.max_epochs' must be >= 0 (0: no cap), got {self.max_epochs}")
 
 
 @dataclass
@@ -88,11 +94,25 @@ def flops_per_token(model: ModelConfig, seq_len: int) -> float:
         return Llama(dataclasses.replace(model)).flops_per_token(seq_len)
 
 
-def sweep_runs(cfg: SweepConfig) -> list[tuple[str, float, PretrainConfig]]:
-    """(name, nominal compute, config) for every IsoFLOP point; sizes below min_steps are left out."""
+def _train_tokens(data: DataConfig) -> int:
+    """Training tokens in the shard directories (their meta.json), for the epoch cap."""
+    total = 0
+    for d in data.dirs:
+        meta = Path(d) / "meta.json"
+        try:
+            total += sum(i["train_tokens"] for i in json.loads(meta.read_text(encoding="utf-8"))["inputs"])
+        except FileNotFoundError:
+            raise UserError(f"config key 'data.dirs': {meta} not found (run `orizuru scaling data` or `orizuru tokenize` first)") from None
+    return total
+
+
+def sweep_runs(cfg: SweepConfig) -> tuple[list[tuple[str, float, PretrainConfig]], list[str]]:
+    """(name, nominal compute, config) for every IsoFLOP point, and why the left-out points were left out
+    (fewer than min_steps steps, or more than max_epochs passes over the data)."""
     s, t = cfg.sweep, cfg.train
     tokens_per_step = t.batch_size * t.grad_accum * t.seq_len
-    runs = []
+    unique = _train_tokens(cfg.data) if s.max_epochs else 0
+    runs, skipped = [], []
     for compute in sorted(s.computes):
         for depth in sorted(set(s.depths)):
             dim = s.aspect * depth
@@ -101,20 +121,27 @@ def sweep_runs(cfg: SweepConfig) -> list[tuple[str, float, PretrainConfig]]:
             kv = max(1, heads // (cfg.model.n_heads // cfg.model.n_kv_heads))  # the base config's GQA ratio
             while heads % kv:
                 kv -= 1
+            # LLaMA's 8/3 * dim, rounded to 8 rather than the model default's 64: at these widths a
+            # multiple of 64 would make the FFN (and N) jump between neighbouring sizes
+            ffn = 8 * math.ceil(dim / 3)  # = 8/3 * dim rounded up to a multiple of 8
             model = dataclasses.replace(cfg.model, dim=dim, n_layers=depth, n_heads=heads, n_kv_heads=kv,
-                                        head_dim=head_dim, ffn_dim=None)
+                                        head_dim=head_dim, ffn_dim=ffn)
             validate(model)
             steps = round(compute / (flops_per_token(model, t.seq_len) * tokens_per_step))
+            name = f"C{compute:.2g}-d{depth}".replace("+", "")
             if steps < s.min_steps:
+                skipped.append(f"{name}: {steps} steps < sweep.min_steps {s.min_steps}")
+                continue
+            if s.max_epochs and steps * tokens_per_step > s.max_epochs * unique:
+                skipped.append(f"{name}: {steps * tokens_per_step / unique:.1f} epochs > sweep.max_epochs {s.max_epochs:g}")
                 continue
             # only the final validation loss matters here; a mid-run checkpoint keeps a kill cheap
             train = dataclasses.replace(t, max_steps=steps, warmup_steps=min(t.warmup_steps, steps // 10),
                                         eval_every=steps, ckpt_every=max(1, steps // 2), log_every=min(t.log_every, steps))
-            name = f"C{compute:.2g}-d{depth}".replace("+", "")
             run = PretrainConfig(model=model, train=train, data=cfg.data, run=RunConfig(dir=str(Path(s.dir) / name)))
             validate(run)
             runs.append((name, compute, run))
-    return runs
+    return runs, skipped
 
 
 def sample_data(out: Path, vocab_size: int) -> dict:
@@ -130,9 +157,12 @@ def sample_data(out: Path, vocab_size: int) -> dict:
 
 def sweep(cfg: SweepConfig, dry_run: bool = False) -> list[dict]:
     """Run (or resume) every grid point; the manifest sweep.json is rewritten after each run."""
-    runs = sweep_runs(cfg)
+    runs, skipped = sweep_runs(cfg)
+    for why in skipped:
+        print(f"left out {why}", file=sys.stderr)
     if not runs:
-        raise UserError("the sweep grid is empty: every size gets fewer than 'sweep.min_steps' steps; raise 'sweep.computes'")
+        raise UserError("the sweep grid is empty: every point is below 'sweep.min_steps' or above 'sweep.max_epochs'; "
+                        "change 'sweep.computes' or 'sweep.depths'")
     rows = []
     manifest = Path(cfg.sweep.dir) / "sweep.json"
     before = {r["name"]: r for r in json.loads(manifest.read_text(encoding="utf-8"))["runs"]} if manifest.exists() else {}

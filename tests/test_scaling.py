@@ -201,3 +201,27 @@ def test_sweep_config_errors_name_the_key(tmp_path):
         from orizuru.scaling import SweepConfig
 
         load_config(SweepConfig, config)
+
+
+def test_sweep_grid_leaves_out_short_runs_and_runs_that_repeat_the_data_too_often(tmp_path, tiny_shards_dir):
+    import math
+
+    from orizuru.config import DataConfig, ModelConfig, TrainConfig
+    from orizuru.scaling import SweepConfig, SweepSection, sweep_runs
+
+    unique = sum(i["train_tokens"] for i in json.loads((tiny_shards_dir / "meta.json").read_text())["inputs"])
+    train = TrainConfig(seq_len=32, batch_size=4)
+    cfg = SweepConfig(
+        sweep=SweepSection(dir=str(tmp_path), computes=[3e8, 3e10], depths=[1, 2, 3, 4], aspect=16, min_steps=10, max_epochs=2),
+        model=ModelConfig(vocab_size=512, head_dim=16, tie_embeddings=True, max_seq_len=32),
+        train=train, data=DataConfig(dirs=[str(tiny_shards_dir)]),
+    )
+    runs, skipped = sweep_runs(cfg)
+    assert len(runs) + len(skipped) == 8
+    assert any("epochs > sweep.max_epochs" in s for s in skipped) and any("< sweep.min_steps" in s for s in skipped)
+    for _, _, run in runs:
+        assert run.train.max_steps >= 10 and run.train.max_steps * 4 * 32 <= 2 * unique
+        assert run.model.ffn_dim == 8 * math.ceil(run.model.dim / 3)  # 8/3 dim, smooth across sizes
+    cfg.sweep.max_epochs = 0  # no cap: only the step floor leaves points out
+    runs_uncapped, skipped_uncapped = sweep_runs(cfg)
+    assert len(runs_uncapped) > len(runs) and all("min_steps" in s for s in skipped_uncapped)
