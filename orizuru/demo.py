@@ -97,15 +97,22 @@ def stage_tokenizer(texts: list[Path], out: Path, vocab_size: int) -> Path:
     return tok_dir
 
 
-def stage_generate(model_dir: Path, prompts: list[str], max_new_tokens: int = 40) -> list[tuple[str, str]]:
+SAMPLING = {"temperature": 0.8, "top_k": 40, "seed": 0}  # the demo's sampled continuations
+
+
+def stage_generate(model_dir: Path, prompts: list[str], max_new_tokens: int = 40) -> list[tuple[str, str, str]]:
+    """(prompt, greedy continuation, sampled continuation) per prompt. Greedy decoding of a model
+    this small falls into loops; a sample at SAMPLING shows what it learned of the language."""
     from orizuru.checkpoint import load_model
     from orizuru.generate import generate
     from orizuru.tokenizer import Tokenizer
 
     model = load_model(model_dir).eval()
     tok = Tokenizer.load(model_dir)
-    outs = generate(model, [tok.encode(p, bos=True) for p in prompts], max_new_tokens, eos_id=tok.eos_id)
-    return [(p, tok.decode(o)) for p, o in zip(prompts, outs)]
+    ids = [tok.encode(p, bos=True) for p in prompts]
+    greedy = generate(model, ids, max_new_tokens, eos_id=tok.eos_id)
+    sampled = generate(model, ids, max_new_tokens, eos_id=tok.eos_id, **SAMPLING)
+    return [(p, tok.decode(g), tok.decode(s)) for p, g, s in zip(prompts, greedy, sampled)]
 
 
 def run_demo(out: Path, config: Path, overrides: list[str], *, eval_limit: int, post_steps: int) -> Path:
@@ -114,7 +121,7 @@ def run_demo(out: Path, config: Path, overrides: list[str], *, eval_limit: int, 
     from orizuru.dpo import demo_dpo
     from orizuru.eval.cli import FAST_SUBSET, evaluate, summary_markdown
     from orizuru.plan import report_section
-    from orizuru.report import plot_losses, table, write_report
+    from orizuru.report import cell, plot_losses, table, write_report
     from orizuru.sft import demo_sft
     from orizuru.tokenizer_report import demo_section
     from orizuru.train import pretrain
@@ -148,8 +155,8 @@ def run_demo(out: Path, config: Path, overrides: list[str], *, eval_limit: int, 
 
     say("sampling from the trained model")
     samples = stage_generate(out / "model", PROMPTS)
-    for prompt, text in samples:
-        print(f"{prompt}{text}")
+    for prompt, greedy, sampled in samples:
+        print(f"greedy:  {prompt}{greedy}\nsampled: {prompt}{sampled}")
 
     say(f"evaluating the base model ({', '.join(FAST_SUBSET)}, {eval_limit} examples each)")
     t = time.time()
@@ -181,7 +188,7 @@ def run_demo(out: Path, config: Path, overrides: list[str], *, eval_limit: int, 
     def post_section(result: dict) -> str:
         lines = [table([(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in result["summary"].items() if not isinstance(v, (dict, list))])]
         lines += ["", "| prompt | before | after |", "| --- | --- | --- |"]
-        lines += [f"| {s['prompt']} | {s['before'].replace(chr(10), ' ')[:120]} | {s['after'].replace(chr(10), ' ')[:120]} |" for s in result["samples"]]
+        lines += [f"| {s['prompt']} | {cell(s['before'][:120])} | {cell(s['after'][:120])} |" for s in result["samples"]]
         if result.get("note"):
             lines += ["", result["note"]]
         return "\n".join(lines)
@@ -191,7 +198,9 @@ def run_demo(out: Path, config: Path, overrides: list[str], *, eval_limit: int, 
         ("Corpus", stats_markdown(corpus_stats).replace("## Corpus build\n", "")),
         ("Tokenizer", tokenizer_md),
         ("Pre-training", "![loss curve](loss.png)\n\n" + table(figures)),
-        ("Samples (greedy)", "\n".join(f"- **{p}**{t.replace(chr(10), ' ')}" for p, t in samples)),
+        ("Samples", f"Greedy, and sampled at temperature {SAMPLING['temperature']}, top-k {SAMPLING['top_k']} "
+         f"(seed {SAMPLING['seed']}).\n\n| prompt | greedy | sampled |\n| --- | --- | --- |\n"
+         + "\n".join(f"| {p} | {cell(g)} | {cell(t)} |" for p, g, t in samples)),
         ("Validation", table([(str(r["step"]), f"{r['val_loss']:.4f} (bpb {r['val_bpb']:.3f})") for r in val], ("step", "val loss"))),
         report_section(summary, cfg),
         ("Base-model evaluation", summary_markdown(eval_results)),

@@ -32,6 +32,11 @@ def plot_losses(metrics_path: str | Path, png: str | Path, title: str = "pre-tra
     plt.close(fig)
 
 
+def cell(text: str) -> str:
+    """Free text (generated samples) as one Markdown table cell: no line breaks, pipes escaped."""
+    return text.replace("\n", " ").replace("|", "\\|")
+
+
 def table(rows: list[tuple[str, str]], header: tuple[str, str] = ("figure", "value")) -> str:
     lines = [f"| {header[0]} | {header[1]} |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in rows]
