@@ -3,7 +3,10 @@
 Same config, batch, dtype and thread count, in one process; steps alternate between the two so
 machine noise hits both alike. Prints one JSON object with tokens/s of each and the ratio.
 
-    python bench/bench_train_step.py [--dim 512 --layers 8 --batch 8 --seq 256 --steps 10]
+    python bench/bench_train_step.py [--dim 512 --layers 8 --batch 8 --seq 256 --steps 10] [--compile]
+
+--compile wraps both models in torch.compile (inductor; C++ kernels on the CPU), as
+`train.compile = true` does in `orizuru pretrain`; compilation happens in the warm-up steps.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--compile", action="store_true", help="torch.compile both models")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = ModelConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads, n_kv_heads=args.kv_heads,
@@ -55,14 +59,15 @@ def main() -> None:
     x = torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=g)
     inputs, targets = x[:, :-1], x[:, 1:]
     opts = {n: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True) for n, m in (("orizuru", ours), ("transformers", hf))}
+    run_ours, run_hf = (torch.compile(ours), torch.compile(hf)) if args.compile else (ours, hf)
 
     def step(name: str) -> tuple[float, float]:
         opt = opts[name]
         t0 = time.perf_counter()
         if name == "orizuru":
-            loss = ours(inputs, targets)
+            loss = run_ours(inputs, targets)
         else:  # transformers shifts the labels itself
-            loss = hf(input_ids=inputs, labels=inputs).loss
+            loss = run_hf(input_ids=inputs, labels=inputs).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -79,7 +84,7 @@ def main() -> None:
     tokens = args.batch * args.seq
     tps = {n: tokens / statistics.median(t) for n, t in times.items()}
     print(json.dumps({
-        "bench": "train_step", "device": "cpu", "dtype": "float32", "threads": args.threads,
+        "bench": "train_step", "device": "cpu", "dtype": "float32", "threads": args.threads, "compiled": args.compile,
         "config": {"dim": args.dim, "n_layers": args.layers, "n_heads": args.heads, "n_kv_heads": args.kv_heads,
                    "vocab_size": args.vocab, "batch": args.batch, "seq_len": args.seq},
         "params": ours.num_params(), "steps": args.steps,
