@@ -299,7 +299,9 @@ def pretrain(cfg: PretrainConfig) -> dict:
         )
     bar = tqdm(total=tcfg.max_steps, initial=start, desc="pretrain", unit="step", disable=rank != 0, file=sys.stderr, dynamic_ncols=True)
     train_model.train()
-    loss_acc, t_last, steps_since = 0.0, time.perf_counter(), 0
+    # the loss is summed on the device and read at log time only: a .item() per micro-step would
+    # make the host wait for the GPU every step instead of queueing the next one
+    loss_acc, t_last, steps_since = torch.zeros((), device=device), time.perf_counter(), 0
     for step in range(start, tcfg.max_steps):
         lr = lr_at(step, tcfg)
         for group in optimizer.param_groups:
@@ -312,7 +314,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     loss = train_model(x, y) / tcfg.grad_accum
                 loss.backward()
-            loss_acc += loss.item()
+            loss_acc += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -323,7 +325,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - t_last
-            train_loss = all_mean(loss_acc / steps_since, device)
+            train_loss = all_mean(loss_acc.item() / steps_since, device)
             tps = tokens_per_step * steps_since / elapsed
             row = {"loss": round(train_loss, 6), "lr": lr, "grad_norm": round(float(grad_norm), 6), "tokens_per_s": round(tps, 1), "tokens": done * tokens_per_step}
             util = cuda_mfu(fpt, tps / world)
@@ -333,7 +335,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
                 row["val_loss"], row["val_bpb"] = (round(v, 6) for v in evaluate(train_model, val_source, tcfg, world, rank, tbytes, device, amp))
             log.log(done, **row)
             bar.set_postfix(loss=f"{train_loss:.3f}", **({"val": f"{row['val_loss']:.3f}"} if "val_loss" in row else {}), tok_s=f"{tps:,.0f}")
-            loss_acc, t_last, steps_since = 0.0, time.perf_counter(), 0
+            loss_acc, t_last, steps_since = torch.zeros((), device=device), time.perf_counter(), 0
         if done % tcfg.ckpt_every == 0 and done < tcfg.max_steps:
             save_checkpoint(run_dir, done, model, optimizer, {"epochs": batches.epochs(done)})
     bar.close()
