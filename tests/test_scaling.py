@@ -186,6 +186,11 @@ dirs = ["{tiny_shards_dir}"]
     assert stamps == {r["name"]: (tmp_path / "sweep" / r["name"] / "summary.json").stat().st_mtime_ns for r in rows}
     runs = load_runs([str(tmp_path / "sweep")])
     assert sorted(r["name"] for r in runs) == sorted(stamps)
+    # a sweep is the runs its manifest lists: a run dir left over from another grid is not fitted
+    import shutil
+
+    shutil.copytree(tmp_path / "sweep" / rows[0]["name"], tmp_path / "sweep" / "C9e99-d9")
+    assert sorted(r["name"] for r in load_runs([str(tmp_path / "sweep")])) == sorted(stamps)
     # too few runs for five parameters: the fit says so instead of printing numbers
     assert cli(["scaling", "fit", str(tmp_path / "sweep"), "--bootstrap", "0"]) == 0
     assert "not enough data" in capsys.readouterr().out
@@ -225,3 +230,14 @@ def test_sweep_grid_leaves_out_short_runs_and_runs_that_repeat_the_data_too_ofte
     cfg.sweep.max_epochs = 0  # no cap: only the step floor leaves points out
     runs_uncapped, skipped_uncapped = sweep_runs(cfg)
     assert len(runs_uncapped) > len(runs) and all("min_steps" in s for s in skipped_uncapped)
+
+
+@pytest.mark.slow  # ~15 s: a tokenizer and shards from 5.3M characters
+def test_scaling_data_covers_the_shipped_text_once(tmp_path, capsys):
+    assert cli(["scaling", "data", "--out", str(tmp_path), "--vocab-size", "512"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    meta = json.loads((tmp_path / "data" / "meta.json").read_text())
+    assert [i["source"].split("/")[-1] for i in meta["inputs"]] == ["wiki.jsonl", "aozora.jsonl", "aozora_more.jsonl.gz"]
+    # the held-out run of configs/scaling/cpu-tiny.toml (1.6e13 FLOPs at depth 5: 5.0M tokens) stays within one epoch
+    assert stats["train_tokens"] > 5.1e6 and meta["vocab_size"] == 512
+    assert cli(["scaling", "data", "--out", str(tmp_path), "--vocab-size", "300"]) == 2  # below bytes + specials
