@@ -105,26 +105,12 @@ class Attention(nn.Module):
             k = cache.k[self.layer, :, :, : start + T]
             v = cache.v[self.layer, :, :, : start + T]
         gqa = self.n_kv_heads != self.n_heads
-        if T == 1 and cache is not None:
-            y = self._decode_attention(q, k, v, mask)
-        elif mask is None:
+        if mask is None:
             # no padding and no cached prefix: the fused causal kernel (flash attention on GPU)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
-
-    def _decode_attention(self, q, k, v, mask):
-        """One new query per row against the cache, as two batched matmuls. The query heads that
-        share a key/value head are grouped (head h reads kv head h // G, as HF's repeat_kv), so
-        GQA needs no copy of K/V, and a 1-token step skips the fused kernel's per-call setup,
-        which costs more than the arithmetic here."""
-        B, H, _, D = q.shape
-        qg = q.view(B, self.n_kv_heads, H // self.n_kv_heads, D)  # (B, KV, G, D)
-        scores = (qg @ k.transpose(-1, -2)).float() * D**-0.5  # (B, KV, G, S)
-        if mask is not None:  # (B, 1, 1, S) bool: broadcast over kv heads and groups
-            scores = scores.masked_fill(~mask, float("-inf"))
-        return (scores.softmax(-1).to(v.dtype) @ v).view(B, H, 1, D)
 
 
 class MLP(nn.Module):
