@@ -104,6 +104,8 @@ def _train_tokens(data: DataConfig) -> int:
             total += sum(i["train_tokens"] for i in json.loads(meta.read_text(encoding="utf-8"))["inputs"])
         except FileNotFoundError:
             raise UserError(f"config key 'data.dirs': {meta} not found (run `orizuru scaling data` or `orizuru tokenize` first)") from None
+    if total == 0:
+        raise UserError(f"config key 'data.dirs': {', '.join(data.dirs)} hold no training tokens")
     return total
 
 
