@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -159,37 +160,84 @@ def sample_data(out: Path, vocab_size: int) -> dict:
     return tokenize_files(texts, tok_dir, out / "data", val_fraction=0.05, seed=1337)
 
 
-def sweep(cfg: SweepConfig, dry_run: bool = False) -> list[dict]:
-    """Run (or resume) every grid point; the manifest sweep.json is rewritten after each run."""
+def sweep(cfg: SweepConfig, dry_run: bool = False, jobs: int = 1) -> list[dict]:
+    """Run (or resume) every grid point; the manifest sweep.json is rewritten after each run.
+
+    jobs > 1 trains that many runs at once, each in its own process with cpu_count // jobs torch
+    threads and its progress in <run dir>/train.log: tiny models use many threads poorly, so on
+    a many-core machine parallel runs finish a sweep several times sooner.
+    """
+    if jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {jobs}")
     runs, skipped = sweep_runs(cfg)
     for why in skipped:
         print(f"left out {why}", file=sys.stderr)
     if not runs:
         raise UserError("the sweep grid is empty: every point is below 'sweep.min_steps' or above 'sweep.max_epochs'; "
                         "change 'sweep.computes' or 'sweep.depths'")
-    rows = []
     manifest = Path(cfg.sweep.dir) / "sweep.json"
-    before = {r["name"]: r for r in json.loads(manifest.read_text(encoding="utf-8"))["runs"]} if manifest.exists() else {}
-    for i, (name, compute, run) in enumerate(runs):
-        summary_path = Path(run.run.dir) / "summary.json"
-        row = {"name": name, "dir": run.run.dir, "compute": compute, "depth": run.model.n_layers,
-               "dim": run.model.dim, "steps": run.train.max_steps}
-        if summary_path.exists():
-            row.update(status="done", seconds=before.get(name, {}).get("seconds"), **_summary(summary_path))
-        elif dry_run:
-            row.update(status="todo")
-        else:
-            from orizuru.train import pretrain
+    before = json.loads(manifest.read_text(encoding="utf-8"))["runs"] if manifest.exists() else []
+    seconds = {r["name"]: r.get("seconds") for r in before}
 
-            print(f"[{i + 1}/{len(runs)}] {name}: dim {run.model.dim}, depth {run.model.n_layers}, "
+    def rows() -> list[dict]:
+        out = []
+        for name, compute, run in runs:
+            summary_path = Path(run.run.dir) / "summary.json"
+            row = {"name": name, "dir": run.run.dir, "compute": compute, "depth": run.model.n_layers,
+                   "dim": run.model.dim, "steps": run.train.max_steps}
+            if summary_path.exists():
+                row.update(status="done", seconds=seconds.get(name), **_summary(summary_path))
+            else:
+                row.update(status="todo")
+            out.append(row)
+        return out
+
+    todo = [(name, run) for name, _, run in runs if not (Path(run.run.dir) / "summary.json").exists()]
+    if dry_run or not todo:
+        if not dry_run:
+            write_json(manifest, {"runs": rows()})
+        return rows()
+    if jobs == 1:
+        from orizuru.train import pretrain
+
+        for i, (name, run) in enumerate(todo):
+            print(f"[{i + 1}/{len(todo)}] {name}: dim {run.model.dim}, depth {run.model.n_layers}, "
                   f"{run.train.max_steps} steps", file=sys.stderr, flush=True)
             t0 = time.time()
             pretrain(run)
-            row.update(status="done", seconds=round(time.time() - t0, 1), **_summary(summary_path))
-        rows.append(row)
-        if not dry_run:
-            write_json(manifest, {"runs": rows})
-    return rows
+            seconds[name] = round(time.time() - t0, 1)
+            write_json(manifest, {"runs": rows()})
+        return rows()
+    import multiprocessing
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    print(f"{len(todo)} runs, {jobs} at a time with {threads} thread(s) each; progress in each run's train.log",
+          file=sys.stderr, flush=True)
+    todo.sort(key=lambda item: -item[1].train.max_steps * flops_per_token(item[1].model, item[1].train.seq_len))  # longest first
+    with multiprocessing.get_context("spawn").Pool(jobs) as pool:  # fresh interpreters: no forked OpenMP state
+        work = [(name, run, threads) for name, run in todo]
+        for k, (name, took) in enumerate(pool.imap_unordered(_run_in_worker, work), 1):
+            seconds[name] = took
+            print(f"[{k}/{len(todo)}] {name} done in {took:.0f} s", file=sys.stderr, flush=True)
+            write_json(manifest, {"runs": rows()})
+    return rows()
+
+
+def _run_in_worker(job: tuple[str, PretrainConfig, int]) -> tuple[str, float]:
+    """One sweep run in a pool process (`sweep(jobs > 1)`)."""
+    import contextlib
+
+    import torch
+
+    from orizuru.train import pretrain
+
+    name, run, threads = job
+    torch.set_num_threads(threads)
+    Path(run.run.dir).mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with open(Path(run.run.dir) / "train.log", "a", encoding="utf-8") as log, contextlib.redirect_stderr(log):
+        pretrain(run)
+    return name, round(time.time() - t0, 1)
 
 
 def _summary(path: Path) -> dict:
@@ -566,6 +614,7 @@ def main(argv: list[str]) -> int:
     sp.add_argument("--config", required=True, help="sweep TOML (see configs/scaling/)")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     sp.add_argument("--dry-run", action="store_true", help="list the grid and what is done, train nothing")
+    sp.add_argument("--jobs", type=int, default=1, help="runs trained at once, each its own process (default 1)")
     dp = sub.add_parser("data", help="tokenizer + shards from the shipped text, for a CPU sweep")
     dp.add_argument("--out", default="runs/scaling", help="writes OUT/tokenizer and OUT/data")
     dp.add_argument("--vocab-size", type=int, default=512)
@@ -586,7 +635,7 @@ def main(argv: list[str]) -> int:
 
     if args.cmd == "sweep":
         cfg = load_config(SweepConfig, args.config, args.set)
-        rows = sweep(cfg, dry_run=args.dry_run)
+        rows = sweep(cfg, dry_run=args.dry_run, jobs=args.jobs)
         for r in rows:
             loss = f"val_loss {r['val_loss']:.4f}" if "val_loss" in r else r["status"]
             print(f"{r['name']:<14} C {r['compute']:.3g}  dim {r['dim']:>4} depth {r['depth']:>2} "

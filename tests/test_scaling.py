@@ -194,6 +194,14 @@ dirs = ["{tiny_shards_dir}"]
     # too few runs for five parameters: the fit says so instead of printing numbers
     assert cli(["scaling", "fit", str(tmp_path / "sweep"), "--bootstrap", "0"]) == 0
     assert "not enough data" in capsys.readouterr().out
+    # the same grid two runs at a time, each in its own process: the same runs and losses
+    # (1 thread each here against the default above: float sums may differ in the last bits)
+    assert cli(["scaling", "sweep", "--config", str(config), "--set", f'sweep.dir="{tmp_path / "par"}"', "--jobs", "2"]) == 0
+    par = {r["name"]: r for r in json.loads((tmp_path / "par" / "sweep.json").read_text())["runs"]}
+    assert par.keys() == {r["name"] for r in rows}
+    for r in rows:
+        assert par[r["name"]]["status"] == "done" and par[r["name"]]["val_loss"] == pytest.approx(r["val_loss"], rel=1e-3)
+        assert "pretrain" in (tmp_path / "par" / r["name"] / "train.log").read_text()
 
 
 def test_sweep_config_errors_name_the_key(tmp_path):
