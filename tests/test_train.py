@@ -198,3 +198,19 @@ def test_compiled_training_matches_eager_and_saves_plain_names(tmp_path, tiny_sh
     assert load_checkpoint(tmp_path / "compiled", model, configure_optimizer(model, cfg.train))[0] == 6
     final = load_model(tmp_path / "compiled" / "model")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), final.state_dict().values()))
+
+
+def test_bf16_autocast_training_tracks_float32(tmp_path, tiny_shards_dir):
+    """The GPU's precision path (bf16 autocast: bf16 matmuls and activations, RMSNorm in float32,
+    float32 loss and weights) run on the CPU: it learns, and stays near the float32 run."""
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        extra = {"train.max_steps": 20, "train.dtype": dtype}
+        pretrain(load_config(PretrainConfig, overrides=tiny_overrides(tiny_shards_dir, tmp_path / dtype, **extra)))
+        runs[dtype] = losses(tmp_path / dtype)
+    f32, bf16 = runs["float32"], runs["bfloat16"]
+    assert bf16[20] < bf16[1] - 0.5  # it learns
+    assert all(abs(bf16[s] - f32[s]) < 0.05 * f32[s] for s in f32)  # bf16 rounding, not a different run
+    assert bf16 != f32  # the autocast path really ran
+    rows = read_jsonl(tmp_path / "bfloat16" / "metrics.jsonl")
+    assert rows[-1]["val_loss"] == pytest.approx(read_jsonl(tmp_path / "float32" / "metrics.jsonl")[-1]["val_loss"], rel=0.03)
