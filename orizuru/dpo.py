@@ -31,10 +31,10 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from orizuru.chat import render
-from orizuru.config import ConfigError, RunConfig, TrainConfig, load_config, save_config
+from orizuru.config import ConfigError, RunConfig, load_config, save_config
 from orizuru.errors import UserError
 from orizuru.files import atomic_write, write_json
-from orizuru.finetune import Batches, Seq, fit, load_base, run_steps, sample_answers, save_chat_model, schedule, sequence_logps, split_val
+from orizuru.finetune import Batches, PostTrain, Seq, fit, load_base, run_steps, sample_answers, save_chat_model, schedule, sequence_logps, split_val
 from orizuru.instruct_data import BadRow, ReadReport, iter_rows
 from orizuru.sft import Schedule
 from orizuru.train import setup_device
@@ -176,14 +176,9 @@ class Objective:
 
 
 @dataclass
-class DPOTrain(TrainConfig):
-    lr: float = 5e-7
-    min_lr_ratio: float = 0.0
-    weight_decay: float = 0.0
+class DPOTrain(PostTrain):
+    lr: float = 5e-7  # as Zephyr's DPO stage
     batch_size: int = 4
-    seq_len: int = 1024
-    eval_every: int = 50
-    ckpt_every: int = 50
 
 
 @dataclass

@@ -58,6 +58,19 @@ def sample_answers(model_dir: str | Path, questions: list[str], max_new_tokens: 
     return [tok.decode(o).strip() for o in outs]
 
 
+@dataclass
+class PostTrain(TrainConfig):
+    """Post-training defaults (a subclass, so `--set train.x=...` keeps the others): PLaMo-13B-Instruct's
+    lr 1e-5 decaying to 0, no weight decay, a 1,024-token context. sft and reward use it; dpo lowers lr."""
+
+    lr: float = 1e-5
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    seq_len: int = 1024
+    eval_every: int = 50
+    ckpt_every: int = 50
+
+
 # ---------------------------------------------------------------- sequences and batches
 
 

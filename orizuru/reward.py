@@ -21,11 +21,11 @@ from safetensors.torch import save_file
 
 from orizuru.chat import ChatTokenizer
 from orizuru.checkpoint import load_state, model_config_from_hf, model_config_to_hf, read_hf_config
-from orizuru.config import RunConfig, TrainConfig, load_config, save_config
+from orizuru.config import RunConfig, load_config, save_config
 from orizuru.dpo import PrefData, answer_seq, read_preferences
 from orizuru.errors import UserError
 from orizuru.files import atomic_dir, write_json
-from orizuru.finetune import Batches, Seq, fit, load_base, pad_batch, run_steps, schedule, split_val
+from orizuru.finetune import Batches, PostTrain, Seq, fit, load_base, pad_batch, run_steps, schedule, split_val
 from orizuru.model import Llama
 from orizuru.sft import Schedule
 from orizuru.tokenizer import Tokenizer
@@ -77,20 +77,10 @@ def load_reward_model(directory: str | Path, device="cpu") -> tuple[Llama, Token
 
 
 @dataclass
-class RewardTrain(TrainConfig):
-    lr: float = 1e-5
-    min_lr_ratio: float = 0.0
-    weight_decay: float = 0.0
-    seq_len: int = 1024
-    eval_every: int = 50
-    ckpt_every: int = 50
-
-
-@dataclass
 class RewardConfig:
     model: str = "runs/sft/model"  # the LM to start from (usually the SFT model)
     data: PrefData = field(default_factory=PrefData)
-    train: RewardTrain = field(default_factory=RewardTrain)
+    train: PostTrain = field(default_factory=PostTrain)
     schedule: Schedule = field(default_factory=lambda: Schedule(epochs=1, warmup_ratio=0.03))
     run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/reward"))
 

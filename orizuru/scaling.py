@@ -21,6 +21,7 @@ predict  The loss of (N, D) from a fit, with the bootstrap interval; the error w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -225,8 +226,6 @@ def sweep(cfg: SweepConfig, dry_run: bool = False, jobs: int = 1) -> list[dict]:
 
 def _run_in_worker(job: tuple[str, PretrainConfig, int]) -> tuple[str, float]:
     """One sweep run in a pool process (`sweep(jobs > 1)`)."""
-    import contextlib
-
     import torch
 
     from orizuru.train import pretrain

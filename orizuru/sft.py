@@ -20,9 +20,9 @@ from typing import Literal
 import torch
 
 from orizuru.chat import render
-from orizuru.config import ConfigError, RunConfig, TrainConfig, load_config, save_config
+from orizuru.config import ConfigError, RunConfig, load_config, save_config
 from orizuru.files import write_json
-from orizuru.finetune import Batches, Seq, fit, load_base, pad_batch, run_steps, sample_answers, save_chat_model, schedule, split_val
+from orizuru.finetune import Batches, PostTrain, Seq, fit, load_base, pad_batch, run_steps, sample_answers, save_chat_model, schedule, split_val
 from orizuru.instruct_data import flan_messages, read_instructions
 from orizuru.lora import apply_lora, merge_lora, save_adapter
 from orizuru.train import setup_device
@@ -73,22 +73,10 @@ class Schedule:
 
 
 @dataclass
-class SFTTrain(TrainConfig):
-    """PLaMo-13B-Instruct-like defaults (a subclass, so `--set train.x=...` keeps the others)."""
-
-    lr: float = 1e-5
-    min_lr_ratio: float = 0.0
-    weight_decay: float = 0.0
-    seq_len: int = 1024
-    eval_every: int = 50
-    ckpt_every: int = 50
-
-
-@dataclass
 class SFTConfig:
     model: str = "runs/demo/model"  # HF Llama directory to start from
     data: SFTData = field(default_factory=SFTData)
-    train: SFTTrain = field(default_factory=SFTTrain)
+    train: PostTrain = field(default_factory=PostTrain)
     schedule: Schedule = field(default_factory=Schedule)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/sft"))
