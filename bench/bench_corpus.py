@@ -3,7 +3,7 @@
     python bench/bench_corpus.py [--docs 50000] [--workers 2] [--datatrove-python /tmp/venv-datatrove/bin/python]
     python bench/bench_corpus.py --dir D --system orizuru; ... --dir D --system datatrove  # one at a time
 
-A corpus of Japanese documents (~1,800 characters, 20% planted duplicates, `orizuru.corpus.synth`)
+A corpus of Japanese documents (~1,800 characters, 20% planted duplicates, `tests/corpus_synth.py`)
 is written as gzip-JSONL shards; each system then runs in its own subprocess with `--workers`
 worker processes: orizuru's `dedup_shards` over a process pool, and datatrove's
 MinhashDedupSignature -> Buckets -> Cluster -> Filter on a LocalPipelineExecutor, both with
@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # corpus_synth: the planted-duplicate corpus the dedup tests use
 
 
 def usage() -> dict:
@@ -51,7 +52,8 @@ def run_orizuru(shards: list[Path], work: Path, workers: int, bands: int, rows: 
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from orizuru.corpus.dedup import DedupConfig, dedup_shards
+    from orizuru.corpus.config import DedupConfig
+    from orizuru.corpus.dedup import dedup_shards
     from orizuru.corpus.doc import read_shard
 
     cfg = DedupConfig(bands=bands, rows=rows)
@@ -168,7 +170,7 @@ def run_datatrove_build(shards: list[Path], work: Path, workers: int, bands: int
 def quality(corpus, removed: list[str]) -> dict:
     """Recall on planted pairs with true Jaccard >= 0.8 (not both kept) and removal precision
     (a removed document has another document of its origin that was kept or removed earlier)."""
-    from orizuru.corpus.synth import jaccard
+    from corpus_synth import jaccard
 
     gone = {int(i.split("/")[1]) for i in removed}
     docs = corpus.docs
@@ -206,8 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out))
         return 0
 
-    from orizuru.corpus.dedup import DedupConfig
-    from orizuru.corpus.synth import load_sentences, make_corpus, write_shards
+    from corpus_synth import load_sentences, make_corpus, write_shards
+
+    from orizuru.corpus.config import DedupConfig
 
     bands, rows = (args.bands, args.rows) if args.bands else DedupConfig().bands_rows()
     base = Path(args.dir or tempfile.mkdtemp(prefix="bench_corpus_"))

@@ -39,7 +39,7 @@ SHARED = ROOT.parent / "shared" / "data" / "aozora_bunko_pd" / "works.jsonl"
 
 
 def generate(n: int, seed: int = 0) -> list[str]:
-    source = SHARED if SHARED.exists() else ROOT / "data" / "corpus" / "aozora_sample.jsonl"
+    source = SHARED if SHARED.exists() else ROOT / "orizuru" / "data" / "corpus" / "aozora_sample.jsonl"
     works = [json.loads(line)["text"] for line in open(source, encoding="utf-8")]
     rng = random.Random(seed)
     docs = []

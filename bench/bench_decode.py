@@ -17,10 +17,10 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from orizuru.checkpoint import model_config_to_hf
-from orizuru.config import ModelConfig
-from orizuru.generate import generate
-from orizuru.model import Llama
+from orizuru.model.checkpoint import model_config_to_hf
+from orizuru.model.config import ModelConfig
+from orizuru.model.generate import generate
+from orizuru.model.llama import Llama
 
 
 def main() -> None:

@@ -43,12 +43,12 @@ print(json.dumps({"seconds": time.perf_counter() - t, "cpu_seconds": time.proces
 
 
 def build_model(directory: Path) -> Path:
-    from orizuru.checkpoint import save_model
-    from orizuru.config import ModelConfig
-    from orizuru.model import Llama
-    from orizuru.tokenizer import Tokenizer, iter_texts, train_bpe
+    from orizuru.model.checkpoint import save_model
+    from orizuru.model.config import ModelConfig
+    from orizuru.model.llama import Llama
+    from orizuru.tokenizer.tokenizer import Tokenizer, iter_texts, train_bpe
 
-    sample = ROOT / "data" / "sample"
+    sample = ROOT / "orizuru" / "data" / "sample"
     tok = Tokenizer(train_bpe(iter_texts([sample / "wiki.jsonl", sample / "aozora.jsonl"]), 8192, show_progress=False))
     cfg = ModelConfig(dim=192, n_layers=4, n_heads=6, n_kv_heads=2, vocab_size=8192, tie_embeddings=True, max_seq_len=256)
     model = Llama(cfg)
@@ -68,10 +68,10 @@ def main() -> None:
 
     import torch
 
-    from orizuru.checkpoint import load_model
     from orizuru.eval import likelihood as L
     from orizuru.eval.tasks import load_examples, load_task, render
-    from orizuru.tokenizer import Tokenizer
+    from orizuru.model.checkpoint import load_model
+    from orizuru.tokenizer.tokenizer import Tokenizer
 
     torch.set_num_threads(a.threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench-eval-"))

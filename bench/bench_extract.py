@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     snippets = json.loads((ROOT / "tests/data/corpus/extract_snippets.json").read_text("utf-8"))
-    pages = {name: (ROOT / "data/corpus/html" / name).read_text("utf-8") for name in snippets}
+    pages = {name: (ROOT / "orizuru/data/corpus/html" / name).read_text("utf-8") for name in snippets}
     result = {}
     for method in ("trafilatura", "resiliparse"):
         cfg = ExtractConfig(method=method)

@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from orizuru.config import ModelConfig
-from orizuru.mfu import mfu, peak_flops
-from orizuru.model import Llama
+from orizuru.model.config import ModelConfig
+from orizuru.model.flops import mfu, peak_flops
+from orizuru.model.llama import Llama
 
 # GPT-2-small-sized Llama: 12 layers, dim 768, 12 heads, 48k tied vocabulary: ~123M parameters
 CONFIG = dict(dim=768, n_layers=12, n_heads=12, n_kv_heads=12, vocab_size=49152, max_seq_len=1024, tie_embeddings=True)

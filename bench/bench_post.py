@@ -23,9 +23,9 @@ import time
 def build(args):
     import torch
 
-    from orizuru.config import ModelConfig
-    from orizuru.finetune import Seq
-    from orizuru.model import Llama
+    from orizuru.model.config import ModelConfig
+    from orizuru.model.llama import Llama
+    from orizuru.post.finetune import Seq
 
     torch.manual_seed(0)
     cfg = ModelConfig(dim=args.dim, n_layers=args.layers, n_heads=args.dim // 64, n_kv_heads=args.dim // 64, vocab_size=8192, max_seq_len=args.seq_len)
@@ -44,8 +44,8 @@ def build(args):
 def run_variant(args) -> dict:
     import torch
 
-    from orizuru.dpo import preference_loss
-    from orizuru.finetune import pad_batch, sequence_logps
+    from orizuru.post.dpo import preference_loss
+    from orizuru.post.finetune import pad_batch, sequence_logps
 
     torch.set_num_threads(args.threads)
     model, seqs = build(args)

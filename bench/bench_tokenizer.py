@@ -19,12 +19,12 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from orizuru.tokenizer import Tokenizer, iter_texts, train_bpe
+from orizuru.tokenizer.tokenizer import Tokenizer, iter_texts, train_bpe
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path("/work/shared/data")
 DEFAULT = [SHARED / "aozora_bunko_pd" / "works.jsonl", SHARED / "ja_wiki_paragraphs" / "paragraphs.jsonl"]
-FALLBACK = [ROOT / "data" / "sample" / "aozora.jsonl", ROOT / "data" / "sample" / "wiki.jsonl"]
+FALLBACK = [ROOT / "orizuru" / "data" / "sample" / "aozora.jsonl", ROOT / "orizuru" / "data" / "sample" / "wiki.jsonl"]
 
 
 def load_docs(files: list[Path], chars: int, held_out: int) -> tuple[list[str], list[str]]:

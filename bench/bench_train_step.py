@@ -19,9 +19,9 @@ import time
 import torch
 from transformers import LlamaForCausalLM
 
-from orizuru.checkpoint import model_config_to_hf
-from orizuru.config import ModelConfig
-from orizuru.model import Llama
+from orizuru.model.checkpoint import model_config_to_hf
+from orizuru.model.config import ModelConfig
+from orizuru.model.llama import Llama
 
 
 def make_models(cfg: ModelConfig):

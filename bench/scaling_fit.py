@@ -19,8 +19,8 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 
-from orizuru.plan import Law
-from orizuru.scaling import HUBER_DELTA, fit_law, huber
+from orizuru.scaling.fit import HUBER_DELTA, fit_law, huber
+from orizuru.scaling.plan import Law
 
 TRUE = Law(E=1.9, A=350.0, B=2500.0, alpha=0.30, beta=0.45)
 

@@ -12,24 +12,24 @@ import sys
 from orizuru.errors import UserError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("orizuru.demo", "run the whole pipeline on the shipped sample data (CPU, minutes)"),
-    "tokenize": ("orizuru.data", "turn text/JSONL files into packed token shards"),
-    "pretrain": ("orizuru.train", "pre-train (or continue pre-training) a LLaMA model"),
-    "generate": ("orizuru.generate", "sample text from a model directory"),
+    "demo": ("orizuru.demo.run", "run the whole pipeline on the shipped sample data (CPU, minutes)"),
+    "tokenize": ("orizuru.train.tokenize", "turn text/JSONL files into packed token shards"),
+    "pretrain": ("orizuru.train.pretrain", "pre-train (or continue pre-training) a LLaMA model"),
+    "generate": ("orizuru.model.generate", "sample text from a model directory"),
     "corpus": ("orizuru.corpus.cli", "build a clean, deduplicated corpus from WARC/HTML/JSONL/text"),
-    "tokenizer": ("orizuru.tokenizer_cli", "train, expand and report on tokenizers"),
-    "model": ("orizuru.resize", "model surgery: 'orizuru model resize' for an expanded vocabulary"),
+    "tokenizer": ("orizuru.tokenizer.cli", "train, expand and report on tokenizers"),
+    "model": ("orizuru.model.cli", "model surgery: 'orizuru model resize' for an expanded vocabulary"),
     "eval": ("orizuru.eval.cli", "evaluate a model on Japanese benchmarks"),
     "judge": ("orizuru.eval.judge", "LLM-as-a-judge on Rakuda / Japanese MT-Bench"),
     "contamination": ("orizuru.eval.contamination", "n-gram overlap between a corpus and eval sets"),
-    "sft": ("orizuru.sft", "instruction tuning (full or LoRA)"),
-    "slick": ("orizuru.slick", "label QA examples by what the base model knows (SliCK)"),
-    "self-instruct": ("orizuru.self_instruct", "generate instruction data from seed tasks"),
-    "dpo": ("orizuru.dpo", "preference optimisation: DPO, IPO, hinge, KTO"),
-    "reward": ("orizuru.reward", "train a Bradley-Terry reward model"),
-    "ppo": ("orizuru.ppo", "RLHF with PPO against a reward model"),
-    "plan": ("orizuru.plan", "plan a run from a compute budget (Chinchilla)"),
-    "scaling": ("orizuru.scaling", "IsoFLOP sweeps, scaling-law fits and predictions"),
+    "sft": ("orizuru.post.sft", "instruction tuning (full or LoRA)"),
+    "slick": ("orizuru.post.slick", "label QA examples by what the base model knows (SliCK)"),
+    "self-instruct": ("orizuru.post.self_instruct", "generate instruction data from seed tasks"),
+    "dpo": ("orizuru.post.dpo", "preference optimisation: DPO, IPO, hinge, KTO"),
+    "reward": ("orizuru.post.reward", "train a Bradley-Terry reward model"),
+    "ppo": ("orizuru.post.ppo", "RLHF with PPO against a reward model"),
+    "plan": ("orizuru.scaling.plan", "plan a run from a compute budget (Chinchilla)"),
+    "scaling": ("orizuru.scaling.cli", "IsoFLOP sweeps, scaling-law fits and predictions"),
 }
 
 

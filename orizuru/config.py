@@ -11,22 +11,20 @@ import dataclasses
 import tomllib
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import tomli_w
 
 from orizuru.errors import UserError
+from orizuru.files import atomic_write
+from orizuru.resources import shipped_config
 
 T = TypeVar("T")
 
 
 class ConfigError(UserError):
     pass
-
-
-# ---------------------------------------------------------------- generic machinery
 
 
 def _type_name(tp: Any) -> str:
@@ -148,7 +146,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def read_toml(path: str | Path) -> dict:
+    """A TOML file; a name that is not a file but a shipped config (`sft.toml`, `configs/sft.toml`) reads that."""
     path = Path(path)
+    if not path.is_file() and (shipped := shipped_config(path)) is not None:
+        path = shipped
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
@@ -180,128 +181,5 @@ def validate(cfg: Any) -> None:
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    from orizuru.files import atomic_write
-
     with atomic_write(path, "wb", encoding=None) as f:
         tomli_w.dump(to_dict(cfg), f)
-
-
-# ---------------------------------------------------------------- core configs
-
-
-@dataclass
-class ModelConfig:
-    """LLaMA architecture hyper-parameters (names map 1:1 to HF LlamaConfig in checkpoint.py)."""
-
-    dim: int = 256
-    n_layers: int = 4
-    n_heads: int = 4
-    n_kv_heads: int = 4
-    ffn_dim: int | None = None  # None: LLaMA's 2/3 * 4 * dim, rounded up to a multiple of 64
-    vocab_size: int = 8192
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    tie_embeddings: bool = False
-    max_seq_len: int = 2048
-    head_dim: int | None = None  # None: dim // n_heads
-    rope_scaling: dict | None = None  # HF rope_scaling table, e.g. Llama 3.1's {"rope_type": "llama3", ...}
-    init_std: float = 0.02
-
-    def validate(self) -> None:
-        for key in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"config key 'model.{key}' must be positive, got {getattr(self, key)}")
-        if self.head_dim is None and self.dim % self.n_heads:
-            raise ConfigError(
-                f"config key 'model.n_heads' ({self.n_heads}) must divide 'model.dim' ({self.dim})"
-            )
-        if self.n_heads % self.n_kv_heads:
-            raise ConfigError(
-                f"config key 'model.n_kv_heads' ({self.n_kv_heads}) must divide 'model.n_heads' ({self.n_heads})"
-            )
-        if self.ffn_dim is None:
-            self.ffn_dim = -(-int(8 * self.dim / 3) // 64) * 64
-        if self.ffn_dim <= 0:
-            raise ConfigError(f"config key 'model.ffn_dim' must be positive, got {self.ffn_dim}")
-        if self.head_dim is None:
-            self.head_dim = self.dim // self.n_heads
-        if self.head_dim % 2:
-            raise ConfigError(f"head dimension ({self.head_dim}) must be even for RoPE ('model.head_dim')")
-        if self.rope_theta <= 0 or self.norm_eps <= 0 or self.init_std <= 0:
-            raise ConfigError("config keys 'model.rope_theta', 'model.norm_eps', 'model.init_std' must be positive")
-
-
-@dataclass
-class TrainConfig:
-    seq_len: int = 256
-    batch_size: int = 8  # sequences per step per process (per micro-step)
-    grad_accum: int = 1
-    lr: float = 3e-4
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
-    max_steps: int = 1000
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    seed: int = 1337
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    compile: bool = False
-    activation_checkpointing: bool = False
-    log_every: int = 10
-    eval_every: int = 100
-    eval_batches: int = 8
-    ckpt_every: int = 100
-    init_from: str | None = None  # HF Llama directory for continued pre-training
-    fsdp: bool = False  # shard with FSDP2 under torchrun instead of DDP
-
-    def validate(self) -> None:
-        for key in ("seq_len", "batch_size", "grad_accum", "max_steps", "log_every", "eval_every", "ckpt_every", "eval_batches"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"config key 'train.{key}' must be positive, got {getattr(self, key)}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"config key 'train.warmup_steps' must be >= 0, got {self.warmup_steps}")
-        if not 0 < self.lr < 1:
-            raise ConfigError(f"config key 'train.lr' must be in (0, 1), got {self.lr}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError(f"config key 'train.min_lr_ratio' must be in [0, 1], got {self.min_lr_ratio}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError("config keys 'train.weight_decay' and 'train.grad_clip' must be >= 0")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ConfigError("config keys 'train.beta1' and 'train.beta2' must be in [0, 1)")
-
-
-@dataclass
-class DataConfig:
-    """Token shard directories (written by `orizuru tokenize`) mixed with the given weights."""
-
-    dirs: list[str] = field(default_factory=list)
-    weights: list[float] | None = None  # None: equal weights
-
-    def validate(self) -> None:
-        if self.weights is not None:
-            if len(self.weights) != len(self.dirs):
-                raise ConfigError(
-                    f"config key 'data.weights' has {len(self.weights)} entries but 'data.dirs' has {len(self.dirs)}"
-                )
-            if any(w <= 0 for w in self.weights):
-                raise ConfigError(f"config key 'data.weights' must all be positive, got {self.weights}")
-
-
-@dataclass
-class RunConfig:
-    dir: str = "runs/pretrain"
-
-
-@dataclass
-class PretrainConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-
-    def validate(self) -> None:
-        if self.train.seq_len > self.model.max_seq_len:
-            raise ConfigError(
-                f"config key 'train.seq_len' ({self.train.seq_len}) exceeds 'model.max_seq_len' ({self.model.max_seq_len})"
-            )

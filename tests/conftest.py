@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "data" / "sample"
+SAMPLE = ROOT / "orizuru" / "data" / "sample"
 
 
 def sample_texts(n: int = 300) -> list[str]:
@@ -20,7 +20,7 @@ def sample_texts(n: int = 300) -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
-    from orizuru.tokenizer import Tokenizer, train_bpe
+    from orizuru.tokenizer.tokenizer import Tokenizer, train_bpe
 
     out = tmp_path_factory.mktemp("tokenizer")
     Tokenizer(train_bpe(sample_texts(), 512, show_progress=False)).save(out)
@@ -29,7 +29,7 @@ def tiny_tokenizer_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_shards_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
-    from orizuru.data import tokenize_files
+    from orizuru.train.tokenize import tokenize_files
 
     work = tmp_path_factory.mktemp("shards")
     corpus = work / "corpus.jsonl"

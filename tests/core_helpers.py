@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from pathlib import Path
 
 import torch
 
-from orizuru.config import ModelConfig
-from orizuru.model import Llama
-from orizuru.tokenizer import Tokenizer, train_bpe
+from orizuru.model.config import ModelConfig
+from orizuru.model.llama import Llama
+from orizuru.resources import DATA
+from orizuru.tokenizer.tokenizer import Tokenizer, train_bpe
 
-SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample" / "wiki.jsonl"  # see data/sample/SOURCES.md
+SAMPLE = DATA / "sample" / "wiki.jsonl"  # see orizuru/data/sample/SOURCES.md
 
 
 @lru_cache(maxsize=1)

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from orizuru.config import ModelConfig
-from orizuru.model import Llama
-from orizuru.tokenizer import Tokenizer, train_bpe
+from orizuru.model.config import ModelConfig
+from orizuru.model.llama import Llama
+from orizuru.tokenizer.tokenizer import Tokenizer, train_bpe
 
-DATA = Path(__file__).resolve().parent.parent / "data" / "post"
+DATA = Path(__file__).resolve().parent.parent / "orizuru" / "data" / "post"
 
 
 def sample_texts() -> list[str]:
@@ -40,7 +40,7 @@ def tiny_model(vocab_size: int, seed: int = 0, dim: int = 64, n_layers: int = 2,
 
 def tiny_model_dir(directory: Path, seed: int = 0, vocab_size: int = 512, **kw) -> Path:
     """A random tiny Llama + chat tokenizer saved as an HF directory (what every stage reads)."""
-    from orizuru.checkpoint import save_model
+    from orizuru.model.checkpoint import save_model
 
     tok = tiny_tokenizer(vocab_size)
     save_model(tiny_model(tok.vocab_size, seed=seed, **kw), directory, tok)

@@ -11,15 +11,15 @@ from core_helpers import hf_logits, ja_texts, ja_tokenizer, tiny_model
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from orizuru.checkpoint import (
+from orizuru.errors import UserError
+from orizuru.model.checkpoint import (
     check_tokenizer_matches,
     load_model,
     model_config_from_hf,
     model_config_to_hf,
     save_model,
 )
-from orizuru.config import ModelConfig
-from orizuru.errors import UserError
+from orizuru.model.config import ModelConfig
 
 TOL = 1e-4
 

@@ -1,6 +1,7 @@
 import pytest
 
-from orizuru.config import ConfigError, PretrainConfig, load_config, save_config
+from orizuru.config import ConfigError, load_config, save_config
+from orizuru.train.config import PretrainConfig
 
 
 def test_overrides_and_types(tmp_path):

@@ -1,7 +1,6 @@
 """The whole build: outputs and stats, bad input, config errors, dry run, resume after SIGKILL,
 local vs Ray byte-identical."""
 
-import gzip
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ from orizuru.corpus.config import CorpusConfig
 from orizuru.corpus.doc import read_shard
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data" / "corpus"
+DATA = ROOT / "orizuru" / "data" / "corpus"
 # Resiliparse keeps the build tests fast (trafilatura is tested in test_corpus_read); dedup is tested in
 # test_corpus_dedup and here in the whole-build tests that use FULL
 NO_DEDUP = ["dedup_enabled=false", "extract.method='resiliparse'"]

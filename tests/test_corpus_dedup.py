@@ -7,11 +7,11 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
+from corpus_synth import jaccard, load_sentences, make_corpus, ngrams, write_shards
 
 from orizuru.config import ConfigError, load_config
 from orizuru.corpus import dedup as dd
 from orizuru.corpus.doc import Doc, read_shard, write_shard
-from orizuru.corpus.synth import jaccard, load_sentences, make_corpus, ngrams, write_shards
 from orizuru.errors import UserError
 
 
@@ -42,7 +42,7 @@ def test_s_curve_formula_and_choice():
     assert dd.choose_bands_rows(0.9, 256) != (b, r)
     # Swallow's 40 x 20 is expressible; its cut-off (1/b)^(1/r) ~ 0.83 is where P = 1 - 1/e
     cfg = dd.DedupConfig(bands=40, rows=20)
-    assert cfg.bands_rows() == (40, 20)
+    assert dd.bands_rows(cfg) == (40, 20)
     assert (1 / 40) ** (1 / 20) == pytest.approx(0.82, abs=0.015)
     assert dd.collision_probability((1 / 40) ** (1 / 20), 40, 20) == pytest.approx(1 - (1 - 1 / 40) ** 40)
     curve = dd.s_curve(40, 20)
@@ -230,7 +230,7 @@ def test_config_errors_name_the_key(tmp_path):
         dd.DedupConfig(bands=0, rows=20).validate()
     with pytest.raises(ConfigError, match="unknown config key 'bandz'"):
         load_config(dd.DedupConfig, overrides=["bandz=3"])
-    assert load_config(dd.DedupConfig, overrides=["bands=40", "rows=20"]).bands_rows() == (40, 20)
+    assert dd.bands_rows(load_config(dd.DedupConfig, overrides=["bands=40", "rows=20"])) == (40, 20)
     with pytest.raises(UserError, match="shard not found"):
         dd.dedup_shards([tmp_path / "missing.jsonl.gz"], tmp_path / "w", dd.DedupConfig())
 

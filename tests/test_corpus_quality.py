@@ -4,8 +4,17 @@ import pytest
 
 from orizuru.corpus.config import EN_RULES, JA_RULES, EnQualityConfig, JaQualityConfig, NormalizeConfig
 from orizuru.corpus.normalize import boilerplate_keys, line_keys, normalize_text, strip_boilerplate, trim_footer
-from orizuru.corpus.quality import (dup_ngram_frac, duplicate_fractions, en_failing_rule, en_metrics, host_blocked,
-                                    ja_failing_rule, ja_metrics, sentences_of, top_ngram_frac)
+from orizuru.corpus.quality import (
+    dup_ngram_frac,
+    duplicate_fractions,
+    en_failing_rule,
+    en_metrics,
+    host_blocked,
+    ja_failing_rule,
+    ja_metrics,
+    sentences_of,
+    top_ngram_frac,
+)
 
 
 def uniq(n, start=0):
@@ -201,7 +210,7 @@ def test_vectorized_ngrams_match_reference():
 
     rng = random.Random(0)
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
-    texts = [json.loads(line)["text"] for line in open(root / "data/corpus/aozora_sample.jsonl", encoding="utf-8")][:20]
+    texts = [json.loads(line)["text"] for line in open(root / "orizuru/data/corpus/aozora_sample.jsonl", encoding="utf-8")][:20]
     texts += ["".join(rng.choice("あいうえおか") for _ in range(rng.randint(5, 300))) for _ in range(30)]
     for text in texts:
         top, dup = ngram_fractions(text)
@@ -219,5 +228,5 @@ def test_shipped_config_equals_defaults():
     from orizuru.corpus.config import CorpusConfig
 
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
-    shipped = load_config(CorpusConfig, root / "configs" / "corpus.toml", ["dedup_enabled=false"])
+    shipped = load_config(CorpusConfig, root / "orizuru" / "configs" / "corpus.toml", ["dedup_enabled=false"])
     assert shipped == CorpusConfig(dedup_enabled=False)

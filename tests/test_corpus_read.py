@@ -14,7 +14,7 @@ from orizuru.corpus.extract import extract_text
 from orizuru.corpus.langid import detect
 from orizuru.corpus.read import decode_html, parse_http, read_file
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "corpus"
+DATA = Path(__file__).resolve().parents[1] / "orizuru" / "data" / "corpus"
 SNIPPETS = json.loads((Path(__file__).parent / "data" / "corpus" / "extract_snippets.json").read_text("utf-8"))
 
 

@@ -2,11 +2,12 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import sample_texts
-from orizuru.data import Source, TokenBatches, read_meta, token_bytes, tokenize_files, val_batches
+
 from orizuru.errors import UserError
-from orizuru.tokenizer import Tokenizer
+from orizuru.tokenizer.tokenizer import Tokenizer
+from orizuru.train.batches import Source, TokenBatches, val_batches
+from orizuru.train.tokenize import read_meta, token_bytes, tokenize_files
 
 
 def test_shards_round_trip_documents(tiny_tokenizer_dir, tiny_shards_dir):

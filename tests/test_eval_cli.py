@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from eval_helpers import build_tiny_model
+
 from orizuru import cli
 from orizuru.errors import UserError
-from orizuru.eval.cli import evaluate
+from orizuru.eval.evaluate import evaluate
 from orizuru.eval.tasks import load_examples, load_task
 from orizuru.files import read_jsonl
 

@@ -43,7 +43,7 @@ def test_leaked_question_is_flagged_and_a_near_miss_is_not(tmp_path):
 def test_demo_wiki_sample_contaminates_jsquad(tmp_path, capsys):
     # the shipped demo text is the JSQuAD contexts: the check must find it (and nothing in JNLI)
     out = tmp_path / "report.json"
-    assert C.main(["--corpus", str(ROOT / "data" / "sample" / "wiki.jsonl"), "--tasks", "jsquad,jnli",
+    assert C.main(["--corpus", str(ROOT / "orizuru" / "data" / "sample" / "wiki.jsonl"), "--tasks", "jsquad,jnli",
                    "--limit", "20", "--output", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["tasks"]["jsquad"]["fraction"] == 1.0 and report["tasks"]["jnli"]["contaminated"] == 0

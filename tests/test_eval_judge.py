@@ -10,8 +10,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from eval_helpers import build_tiny_model
+
 from orizuru.errors import UserError
 from orizuru.eval import judge as J
 

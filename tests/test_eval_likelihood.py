@@ -7,13 +7,13 @@ import math
 
 import pytest
 import torch
-
 from eval_helpers import build_tiny_model
-from orizuru.checkpoint import load_model
+
 from orizuru.eval import likelihood as L
-from orizuru.eval.cli import evaluate
+from orizuru.eval.evaluate import evaluate
 from orizuru.files import read_jsonl
-from orizuru.tokenizer import Tokenizer
+from orizuru.model.checkpoint import load_model
+from orizuru.tokenizer.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -85,7 +85,7 @@ def test_big_file_is_cut_off():
 
 @pytest.mark.slow
 def test_jhumaneval_canonical_solutions_all_pass():
-    rows = [json.loads(line) for line in open(ROOT / "data" / "eval" / "jhumaneval" / "jhumaneval.jsonl", encoding="utf-8")]
+    rows = [json.loads(line) for line in open(ROOT / "orizuru" / "data" / "eval" / "jhumaneval" / "jhumaneval.jsonl", encoding="utf-8")]
     assert len(rows) == 164
 
     def check(r):

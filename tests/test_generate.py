@@ -13,11 +13,11 @@ from core_helpers import ja_texts, ja_tokenizer, tiny_model
 from transformers import AutoModelForCausalLM
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-from orizuru import generate as gen_cli
-from orizuru.checkpoint import save_model
 from orizuru.errors import UserError
-from orizuru.generate import StreamPrinter, generate, sample_next
-from orizuru.model import KVCache
+from orizuru.model import generate as gen_cli
+from orizuru.model.checkpoint import save_model
+from orizuru.model.generate import StreamPrinter, generate, sample_next
+from orizuru.model.llama import KVCache
 
 N_NEW = 24
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from orizuru.config import ModelConfig
-from orizuru.mfu import mfu, peak_flops
-from orizuru.model import Llama
+from orizuru.model.config import ModelConfig
+from orizuru.model.flops import mfu, peak_flops
+from orizuru.model.llama import Llama
 
 
 def test_flops_per_token_by_hand():

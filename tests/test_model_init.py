@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from orizuru.config import ModelConfig
-from orizuru.model import Llama
+from orizuru.model.config import ModelConfig
+from orizuru.model.llama import Llama
 
 
 def test_init_std_and_scaled_residual_projections():

@@ -4,10 +4,11 @@ import math
 import pytest
 
 from orizuru.cli import main as cli
-from orizuru.config import PretrainConfig, load_config
+from orizuru.config import load_config
 from orizuru.errors import UserError
-from orizuru.model import Llama
-from orizuru.plan import LAWS, Law, Sizing, count_params, effective_tokens, make_plan, report_section
+from orizuru.model.llama import Llama
+from orizuru.scaling.plan import LAWS, Law, Sizing, count_params, effective_tokens, make_plan, report_section
+from orizuru.train.config import PretrainConfig
 
 NO_ATTN = Sizing(attention=False)  # pure C = 6 N D, the convention of the closed forms
 

@@ -1,9 +1,9 @@
 import pytest
+from post_fixtures import single_thread, tiny_tokenizer  # noqa: F401
 from transformers import AutoTokenizer
 
-from orizuru.chat import ChatTokenizer, prompt_ids, render
 from orizuru.errors import UserError
-from post_fixtures import tiny_tokenizer, single_thread  # noqa: F401
+from orizuru.post.chat import ChatTokenizer, prompt_ids, render
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

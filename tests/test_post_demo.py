@@ -1,8 +1,7 @@
 import pytest
-
-from orizuru.dpo import demo_dpo
-from orizuru.sft import demo_sft
 from post_fixtures import single_thread, tiny_model_dir  # noqa: F401
+
+from orizuru.demo.post import demo_dpo, demo_sft
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

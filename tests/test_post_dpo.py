@@ -3,12 +3,13 @@ import math
 
 import pytest
 import torch
+from post_fixtures import DATA, single_thread, tiny_model, tiny_model_dir, tiny_tokenizer, write_jsonl  # noqa: F401
 
 from orizuru.config import load_config
-from orizuru.dpo import DPOConfig, dpo, kto_loss, preference_loss, prompt_messages
 from orizuru.errors import UserError
-from orizuru.finetune import Seq, sequence_logps
-from post_fixtures import DATA, tiny_model, tiny_tokenizer, tiny_model_dir, write_jsonl, single_thread  # noqa: F401
+from orizuru.post.data import prompt_messages
+from orizuru.post.dpo import DPOConfig, dpo, kto_loss, preference_loss
+from orizuru.post.finetune import Seq, sequence_logps
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -102,7 +103,7 @@ def test_reference_logps_are_cached_and_reused(tmp_path, monkeypatch):
     data = synthetic_pairs(tmp_path / "pairs.jsonl", n=16)
     run = tmp_path / "run"
     dpo(load_config(DPOConfig, overrides=overrides(base, run, data, **{"train.max_steps": "2"})))
-    import orizuru.dpo as mod
+    import orizuru.post.dpo as mod
 
     # a longer run in the same directory: the policy is loaded once, the reference comes from the cache
     calls = []
@@ -133,7 +134,7 @@ def test_bad_preference_data(tmp_path):
 
 
 def test_unpaired_rows_are_kto_only(tmp_path):
-    from orizuru.dpo import read_preferences
+    from orizuru.post.data import read_preferences
 
     rows = write_jsonl(tmp_path / "kto.jsonl", [
         {"prompt": "質問", "completion": "良い答え", "label": True},

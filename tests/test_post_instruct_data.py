@@ -1,10 +1,10 @@
 import json
 
 import pytest
+from post_fixtures import DATA
 
 from orizuru.errors import UserError
-from orizuru.instruct_data import JCQA_TEMPLATES, flan_messages, read_instructions
-from post_fixtures import DATA
+from orizuru.post.data import JCQA_TEMPLATES, flan_messages, read_instructions
 
 
 def write_jsonl(path, rows):

@@ -1,11 +1,11 @@
 import pytest
 import torch
 from peft import PeftModel
+from post_fixtures import single_thread, tiny_model  # noqa: F401
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from orizuru.errors import UserError
-from orizuru.lora import apply_lora, load_adapter, merge_lora, save_adapter
-from post_fixtures import tiny_model, single_thread  # noqa: F401
+from orizuru.model.lora import apply_lora, load_adapter, merge_lora, save_adapter
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

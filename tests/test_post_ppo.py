@@ -1,11 +1,12 @@
 import json
+
 import pytest
 import torch
+from post_fixtures import single_thread, tiny_model_dir, write_jsonl  # noqa: F401
 
 from orizuru.config import ConfigError, load_config
 from orizuru.files import read_jsonl
-from orizuru.ppo import PPOConfig, gae, ppo, ppo_losses
-from post_fixtures import tiny_model_dir, write_jsonl, single_thread  # noqa: F401
+from orizuru.post.ppo import PPOConfig, gae, ppo, ppo_losses
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -1,12 +1,12 @@
 import pytest
 import torch
+from post_fixtures import single_thread, tiny_model_dir  # noqa: F401
+from test_post_dpo import synthetic_pairs
 from transformers import AutoModelForSequenceClassification
 
 from orizuru.config import load_config
-from orizuru.dpo import answer_seq
-from orizuru.reward import RewardConfig, load_reward_model, scores, train_reward
-from post_fixtures import tiny_model_dir, single_thread  # noqa: F401
-from test_post_dpo import synthetic_pairs
+from orizuru.post.finetune import answer_seq
+from orizuru.post.reward import RewardConfig, load_reward_model, scores, train_reward
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -3,10 +3,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from post_fixtures import DATA
 
 from orizuru.files import read_jsonl
-from orizuru.self_instruct import lcs_length, parse_instructions, rouge_l, self_instruct
-from post_fixtures import DATA
+from orizuru.post.self_instruct import lcs_length, parse_instructions, rouge_l, self_instruct
 
 NEW = [
     "好きな季節とその理由を三つ挙げてください。",

@@ -6,16 +6,16 @@ import sys
 
 import pytest
 import torch
+from post_fixtures import DATA, single_thread, tiny_model, tiny_model_dir, tiny_tokenizer, write_jsonl  # noqa: F401
 
-from orizuru.checkpoint import load_model
-from orizuru.chat import render
 from orizuru.config import load_config
 from orizuru.errors import UserError
 from orizuru.files import read_jsonl
-from orizuru.finetune import Seq, fit, pad_batch
-from orizuru.sft import SFTConfig, sft
-from orizuru.tokenizer import Tokenizer
-from post_fixtures import DATA, tiny_model, tiny_model_dir, tiny_tokenizer, write_jsonl, single_thread  # noqa: F401
+from orizuru.model.checkpoint import load_model
+from orizuru.post.chat import render
+from orizuru.post.finetune import Seq, fit, pad_batch
+from orizuru.post.sft import SFTConfig, sft
+from orizuru.tokenizer.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

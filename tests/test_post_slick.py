@@ -1,9 +1,9 @@
 import pytest
+from post_fixtures import single_thread, tiny_model_dir, write_jsonl  # noqa: F401
 
 from orizuru.files import read_jsonl
-from orizuru.instruct_data import read_instructions
-from orizuru.slick import correct, label, slick
-from post_fixtures import single_thread, tiny_model_dir, write_jsonl  # noqa: F401
+from orizuru.post.data import read_instructions
+from orizuru.post.slick import correct, label, slick
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -5,8 +5,9 @@ import pytest
 
 from orizuru.cli import main as cli
 from orizuru.errors import UserError
-from orizuru.plan import Law
-from orizuru.scaling import _nnls3, approach2, fit, fit_law, load_runs, predict
+from orizuru.scaling.fit import _nnls3, approach2, fit, fit_law, predict
+from orizuru.scaling.plan import Law
+from orizuru.scaling.sweep import load_runs
 
 TRUE = Law(E=1.9, A=350.0, B=2500.0, alpha=0.30, beta=0.45)  # asymmetric: alpha != beta
 BUDGETS = [1e17, 4e17, 1.6e18, 6.4e18]
@@ -211,7 +212,7 @@ def test_sweep_config_errors_name_the_key(tmp_path):
     config.write_text('[sweep]\ncomputes = [-1.0]\ndepths = [1]\n[data]\ndirs = ["x"]\n')
     with pytest.raises(UserError, match="sweep.computes"):
         from orizuru.config import load_config
-        from orizuru.scaling import SweepConfig
+        from orizuru.scaling.sweep import SweepConfig
 
         load_config(SweepConfig, config)
 
@@ -219,8 +220,9 @@ def test_sweep_config_errors_name_the_key(tmp_path):
 def test_sweep_grid_leaves_out_short_runs_and_runs_that_repeat_the_data_too_often(tmp_path, tiny_shards_dir):
     import math
 
-    from orizuru.config import DataConfig, ModelConfig, TrainConfig
-    from orizuru.scaling import SweepConfig, SweepSection, sweep_runs
+    from orizuru.model.config import ModelConfig
+    from orizuru.scaling.sweep import SweepConfig, SweepSection, sweep_runs
+    from orizuru.train.config import DataConfig, TrainConfig
 
     unique = sum(i["train_tokens"] for i in json.loads((tiny_shards_dir / "meta.json").read_text())["inputs"])
     train = TrainConfig(seq_len=32, batch_size=4)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from orizuru.errors import UserError
-from orizuru.spm import from_sentencepiece
-from orizuru.tokenizer import (
+from orizuru.tokenizer.cli import main as tokenizer_main
+from orizuru.tokenizer.tokenizer import (
     ASSISTANT,
     BOS,
     BYTE_TOKENS,
@@ -20,16 +20,16 @@ from orizuru.tokenizer import (
     USER,
     Tokenizer,
     expand_inputs,
+    from_sentencepiece,
     iter_texts,
     sample_texts,
     train_bpe,
     train_unigram,
 )
-from orizuru.tokenizer_cli import main as tokenizer_main
 
 ROOT = Path(__file__).resolve().parent.parent
-WIKI = ROOT / "data" / "sample" / "wiki.jsonl"
-EN = ROOT / "data" / "tokenizer_sample" / "en_hh_rlhf.jsonl"
+WIKI = ROOT / "orizuru" / "data" / "sample" / "wiki.jsonl"
+EN = ROOT / "orizuru" / "data" / "tokenizer_sample" / "en_hh_rlhf.jsonl"
 
 # chat markers, digits, emoji, a kanji outside any small vocabulary (byte fallback), full-width forms, spaces
 PROBES = [
@@ -228,10 +228,10 @@ def test_training_is_deterministic_across_processes(tmp_path):
     from conftest import ROOT
 
     code = (
-        "import sys; from orizuru.tokenizer import Tokenizer, train_bpe, iter_texts; "
+        "import sys; from orizuru.tokenizer.tokenizer import Tokenizer, train_bpe, iter_texts; "
         "Tokenizer(train_bpe(iter_texts([sys.argv[1]]), 600, show_progress=False)).save(sys.argv[2])"
     )
     for name in ("a", "b"):
-        subprocess.run([sys.executable, "-c", code, str(ROOT / "data/sample/wiki.jsonl"), str(tmp_path / name)],
+        subprocess.run([sys.executable, "-c", code, str(ROOT / "orizuru/data/sample/wiki.jsonl"), str(tmp_path / name)],
                        check=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()

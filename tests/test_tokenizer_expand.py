@@ -8,19 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from orizuru.config import ModelConfig
 from orizuru.errors import UserError
-from orizuru.model import Llama
-from orizuru.resize import main as model_main
-from orizuru.resize import new_token_sources, resize_vocab
-from orizuru.spm import from_sentencepiece
-from orizuru.tokenizer import Tokenizer, iter_texts, train_bpe, train_unigram
-from orizuru.tokenizer_cli import main as tokenizer_main
-from orizuru.vocab_expand import expand_vocab, is_japanese_char
+from orizuru.model.cli import main as model_main
+from orizuru.model.config import ModelConfig
+from orizuru.model.llama import Llama
+from orizuru.model.resize import new_token_sources, resize_vocab
+from orizuru.tokenizer.cli import main as tokenizer_main
+from orizuru.tokenizer.expand import expand_vocab, is_japanese_char
+from orizuru.tokenizer.tokenizer import Tokenizer, iter_texts, train_bpe, train_unigram
 
 ROOT = Path(__file__).resolve().parent.parent
-WIKI = ROOT / "data" / "sample" / "wiki.jsonl"
-EN = ROOT / "data" / "tokenizer_sample" / "en_hh_rlhf.jsonl"
+WIKI = ROOT / "orizuru" / "data" / "sample" / "wiki.jsonl"
+EN = ROOT / "orizuru" / "data" / "tokenizer_sample" / "en_hh_rlhf.jsonl"
 JA = list(iter_texts([WIKI]))
 EN_TEXTS = list(iter_texts([EN]))
 
@@ -143,7 +142,7 @@ def test_resize_keeps_old_logits_and_means_new_rows(en_base, tie):
 def test_resize_cli_directory_loads_in_transformers(en_base, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from orizuru.checkpoint import load_model, save_model
+    from orizuru.model.checkpoint import load_model, save_model
 
     new = expand_vocab(en_base, JA[:100], 120, show_progress=False).tokenizer
     new.save(tmp_path / "new_tok")

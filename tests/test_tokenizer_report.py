@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from orizuru.tokenizer import Tokenizer, iter_texts, train_bpe
-from orizuru.tokenizer_cli import main as tokenizer_main
-from orizuru.tokenizer_report import language, load_joyo, report_dict, report_markdown
-from orizuru.vocab_expand import expand_vocab
+from orizuru.tokenizer.cli import main as tokenizer_main
+from orizuru.tokenizer.expand import expand_vocab
+from orizuru.tokenizer.report import language, load_joyo, report_dict, report_markdown
+from orizuru.tokenizer.tokenizer import Tokenizer, iter_texts, train_bpe
 
 ROOT = Path(__file__).resolve().parent.parent
-WIKI = ROOT / "data" / "sample" / "wiki.jsonl"
-EN = ROOT / "data" / "tokenizer_sample" / "en_hh_rlhf.jsonl"
+WIKI = ROOT / "orizuru" / "data" / "sample" / "wiki.jsonl"
+EN = ROOT / "orizuru" / "data" / "tokenizer_sample" / "en_hh_rlhf.jsonl"
 
 
 def test_joyo_list_is_the_2136_kanji():
@@ -80,7 +80,7 @@ def test_report_cli_json_and_files(tmp_path, capsys):
 
 @pytest.mark.slow  # ~6 s of CPU, over 30 s wall on a busy 2-core machine
 def test_demo_section(tmp_path):
-    from orizuru.tokenizer_report import demo_section
+    from orizuru.demo.tokenizer import demo_section
 
     Tokenizer(train_bpe(list(iter_texts([WIKI]))[:100], 600, show_progress=False)).save(tmp_path / "tok")
     md = demo_section(tmp_path / "tok", tmp_path / "out", add=200)

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, tiny_overrides
-from orizuru.config import PretrainConfig, TrainConfig, load_config
+
+from orizuru.config import load_config
 from orizuru.errors import UserError
 from orizuru.files import read_jsonl
-from orizuru.model import Llama
-from orizuru.train import configure_optimizer, lr_at, pretrain
+from orizuru.model.llama import Llama
+from orizuru.train.config import PretrainConfig, TrainConfig
+from orizuru.train.pretrain import configure_optimizer, lr_at, pretrain
 
 
 def run_cli(args: list[str], **kw) -> subprocess.CompletedProcess:
@@ -143,8 +144,8 @@ def test_activation_checkpointing_same_gradients():
 
 
 def test_continued_pretraining_from_hf_dir_with_mixture(tmp_path, tiny_tokenizer_dir, tiny_shards_dir):
-    from orizuru.checkpoint import load_model, save_model
-    from orizuru.tokenizer import Tokenizer
+    from orizuru.model.checkpoint import load_model, save_model
+    from orizuru.tokenizer.tokenizer import Tokenizer
 
     base = tmp_path / "base"
     pretrain(load_config(PretrainConfig, overrides=tiny_overrides(tiny_shards_dir, base, **{"train.max_steps": 30})))
@@ -164,7 +165,8 @@ def test_continued_pretraining_from_hf_dir_with_mixture(tmp_path, tiny_tokenizer
     other = tmp_path / "other"
     model = load_model(base / "model")
     from conftest import sample_texts
-    from orizuru.tokenizer import train_bpe
+
+    from orizuru.tokenizer.tokenizer import train_bpe
 
     tok = Tokenizer(train_bpe(sample_texts(600)[300:], 512, show_progress=False))  # same size, other merges
     save_model(model, other, tok)
@@ -190,8 +192,8 @@ def test_compiled_training_matches_eager_and_saves_plain_names(tmp_path, tiny_sh
     with safe_open(tmp_path / "compiled" / "model" / "model.safetensors", "pt") as f:
         assert "model.layers.0.self_attn.q_proj.weight" in f.keys() and not any("_orig_mod" in k for k in f.keys())
     # its training state loads into a plain (uncompiled) model: a run can resume with compile off
-    from orizuru.checkpoint import load_model
-    from orizuru.train import load_checkpoint
+    from orizuru.model.checkpoint import load_model
+    from orizuru.train.pretrain import load_checkpoint
 
     cfg = load_config(PretrainConfig, tmp_path / "compiled" / "config.toml")
     model = Llama(cfg.model)

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from orizuru.config import ConfigError
-from orizuru.corpus.dedup import DedupConfig
 
 JA_RULES = (
     "min_chars", "min_ja_letters", "dup_line_frac", "dup_line_char_frac", "dup_sentence_frac",
@@ -160,6 +159,38 @@ class NormalizeConfig:
 @dataclass
 class OutputConfig:
     format: Literal["jsonl", "parquet"] = "jsonl"
+
+
+@dataclass
+class DedupConfig:
+    """Config section [dedup]."""
+
+    exact: bool = True  # drop documents whose normalized text is identical to an earlier one
+    near: bool = True  # drop near duplicates found by MinHash LSH
+    ngram: int = 5  # character n-gram length
+    # S-curve midpoint: P(0.65) = 0.45; with 28 x 9 it catches Jaccard 0.8 pairs with P = 0.98
+    # and Jaccard 0.5 pairs with P = 0.05 (Swallow's 40 x 20 catches 0.8 only with P = 0.37).
+    threshold: float = 0.65
+    bands: int | None = None  # None: chosen with rows from `threshold` (b * r <= 256)
+    rows: int | None = None  # Swallow: bands = 40, rows = 20
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.ngram < 1:
+            raise ConfigError(f"config key 'dedup.ngram' must be >= 1, got {self.ngram}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"config key 'dedup.threshold' must be in (0, 1), got {self.threshold}")
+        if (self.bands is None) != (self.rows is None):
+            key = "dedup.rows" if self.rows is None else "dedup.bands"
+            raise ConfigError(f"config key '{key}' must be set together with 'dedup.bands' and 'dedup.rows' (or neither)")
+        for key in ("bands", "rows"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"config key 'dedup.{key}' must be >= 1, got {value}")
+        if self.bands is not None and self.bands * self.rows > 4096:
+            raise ConfigError(f"config keys 'dedup.bands' x 'dedup.rows' must be <= 4096 hashes, got {self.bands * self.rows}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"config key 'dedup.seed' must be in [0, 2^63), got {self.seed}")
 
 
 @dataclass

@@ -47,7 +47,8 @@ import numpy as np
 from rensa import RMinHash
 from tqdm import tqdm
 
-from orizuru.config import ConfigError, load_config
+from orizuru.config import load_config
+from orizuru.corpus.config import DedupConfig
 from orizuru.corpus.doc import read_shard, write_shard
 from orizuru.errors import UserError
 from orizuru.files import atomic_write, write_json
@@ -56,43 +57,6 @@ HASH_BUDGET = 256  # b * r <= this when bands/rows are chosen from the threshold
 BANDS_PER_GROUP = 8  # bands merged by one union-find task in step 3
 BATCH = 512  # documents hashed together in step 1
 VERSION = 1  # bump when the on-disk step outputs change meaning
-
-
-@dataclass
-class DedupConfig:
-    """Config section [dedup]."""
-
-    exact: bool = True  # drop documents whose normalized text is identical to an earlier one
-    near: bool = True  # drop near duplicates found by MinHash LSH
-    ngram: int = 5  # character n-gram length
-    # S-curve midpoint: P(0.65) = 0.45; with 28 x 9 it catches Jaccard 0.8 pairs with P = 0.98
-    # and Jaccard 0.5 pairs with P = 0.05 (Swallow's 40 x 20 catches 0.8 only with P = 0.37).
-    threshold: float = 0.65
-    bands: int | None = None  # None: chosen with rows from `threshold` (b * r <= 256)
-    rows: int | None = None  # Swallow: bands = 40, rows = 20
-    seed: int = 0
-
-    def validate(self) -> None:
-        if self.ngram < 1:
-            raise ConfigError(f"config key 'dedup.ngram' must be >= 1, got {self.ngram}")
-        if not 0.0 < self.threshold < 1.0:
-            raise ConfigError(f"config key 'dedup.threshold' must be in (0, 1), got {self.threshold}")
-        if (self.bands is None) != (self.rows is None):
-            key = "dedup.rows" if self.rows is None else "dedup.bands"
-            raise ConfigError(f"config key '{key}' must be set together with 'dedup.bands' and 'dedup.rows' (or neither)")
-        for key in ("bands", "rows"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise ConfigError(f"config key 'dedup.{key}' must be >= 1, got {value}")
-        if self.bands is not None and self.bands * self.rows > 4096:
-            raise ConfigError(f"config keys 'dedup.bands' x 'dedup.rows' must be <= 4096 hashes, got {self.bands * self.rows}")
-        if not 0 <= self.seed < 2**63:
-            raise ConfigError(f"config key 'dedup.seed' must be in [0, 2^63), got {self.seed}")
-
-    def bands_rows(self) -> tuple[int, int]:
-        if self.bands is not None:
-            return self.bands, self.rows
-        return choose_bands_rows(self.threshold, HASH_BUDGET)
 
 
 @dataclass
@@ -107,6 +71,13 @@ class DedupResult:
 def collision_probability(s: float | np.ndarray, bands: int, rows: int) -> float | np.ndarray:
     """P(two documents with Jaccard s share at least one band) = 1 - (1 - s^r)^b."""
     return 1.0 - (1.0 - np.asarray(s, dtype=np.float64) ** rows) ** bands
+
+
+def bands_rows(cfg: DedupConfig) -> tuple[int, int]:
+    """The configured (bands, rows), or the pair chosen from the threshold."""
+    if cfg.bands is not None:
+        return cfg.bands, cfg.rows
+    return choose_bands_rows(cfg.threshold, HASH_BUDGET)
 
 
 @functools.lru_cache(maxsize=64)
@@ -366,7 +337,7 @@ def dedup_shards(shards: list[Path], work_dir: Path, cfg: DedupConfig, map_fn: C
     for p in shards:
         if not p.is_file():
             raise UserError(f"dedup: shard not found: {p}")
-    bands, rows = cfg.bands_rows() if cfg.near else (0, 0)
+    bands, rows = bands_rows(cfg) if cfg.near else (0, 0)
     work_dir.mkdir(parents=True, exist_ok=True)
     _prepare(work_dir, shards, cfg, bands, rows)
 

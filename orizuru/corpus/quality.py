@@ -8,7 +8,6 @@ it (None: kept). Measuring and judging are separate so `--dry-run` can print bot
 from __future__ import annotations
 
 import re
-from collections import Counter
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path

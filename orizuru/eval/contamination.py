@@ -18,9 +18,11 @@ from typing import Iterator
 
 from tqdm import tqdm
 
+from orizuru.corpus.doc import read_shard
 from orizuru.errors import UserError
 from orizuru.eval.tasks import load_examples, load_task, task_names
 from orizuru.files import write_json
+from orizuru.tokenizer.tokenizer import iter_texts
 
 _JAPANESE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff]")
 
@@ -47,9 +49,6 @@ def example_text(values: dict) -> str:
 
 def corpus_docs(paths: list[Path]) -> Iterator[tuple[str, str]]:
     """(doc id, text) from corpus shards (*.jsonl.gz), JSONL with a 'text' field, or plain text."""
-    from orizuru.corpus.doc import read_shard
-    from orizuru.tokenizer import iter_texts
-
     files: list[Path] = []
     for p in paths:
         if p.is_dir():

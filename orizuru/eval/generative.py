@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from orizuru.errors import UserError
 from orizuru.eval import metrics as M
+from orizuru.model.generate import generate
 
 
 def encode_prompt(tokenizer, prompt: str, max_len: int, truncate: str) -> tuple[list[int], int]:
@@ -40,8 +41,6 @@ def complete(
     batch_size: int = 8,
 ) -> list[str]:
     """Decoded continuations of token prompts, each cut at its first stop string."""
-    from orizuru.generate import generate
-
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     out: list[str] = [""] * len(prompts)
     for start in range(0, len(order), batch_size):

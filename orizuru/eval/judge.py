@@ -36,6 +36,9 @@ from tqdm import tqdm
 from orizuru.errors import UserError
 from orizuru.eval.tasks import DATA_DIR, read_rows
 from orizuru.files import append_jsonl, read_jsonl, write_json
+from orizuru.model.checkpoint import load_model
+from orizuru.model.generate import generate
+from orizuru.tokenizer.tokenizer import END, Tokenizer
 
 REFERENCE_CATEGORIES = {"math", "reasoning", "coding"}
 PAIR_PROMPT = (
@@ -96,10 +99,6 @@ def generate_answers(model_dir: Path, questions: list[Question], path: Path, max
     done = {r["id"]: r["turns"] for r in read_jsonl(path)} if path.exists() else {}
     todo = [q for q in questions if q.id not in done]
     if todo:
-        from orizuru.checkpoint import load_model
-        from orizuru.generate import generate
-        from orizuru.tokenizer import END, Tokenizer
-
         tok = Tokenizer.load(model_dir)
         model = load_model(model_dir).eval()
         stop_ids = [tok.eos_id] + ([tok.token_id(END)] if tok.hf.token_to_id(END) is not None else [])

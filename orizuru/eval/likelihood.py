@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from orizuru.errors import UserError
-from orizuru.model import KVCache
+from orizuru.model.llama import KVCache
 
 
 @dataclass

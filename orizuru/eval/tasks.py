@@ -19,9 +19,10 @@ from typing import Any, Literal
 
 from orizuru.config import ConfigError, from_dict
 from orizuru.errors import UserError
+from orizuru.resources import DATA, shipped
 
-TASK_DIR = Path(__file__).parent / "tasks"
-DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "eval"
+TASK_DIR = shipped("eval", "tasks")
+DATA_DIR = DATA / "eval"
 SEP = "\n\n"
 
 

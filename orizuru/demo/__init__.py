@@ -1,0 +1,1 @@
+"""`orizuru demo`: every stage on the shipped sample data; nothing else imports this package."""

@@ -1,0 +1,258 @@
+"""`orizuru dpo`: preference optimisation without a reward model: DPO, IPO, hinge (RSO), KTO.
+
+With h = [log pi(y_w|x) - log ref(y_w|x)] - [log pi(y_l|x) - log ref(y_l|x)] (sums over answer tokens):
+  DPO   (Rafailov et al. 2023)  -log sigmoid(beta * h)
+  IPO   (Azar et al. 2024)      (h - 1 / (2 beta))^2
+  hinge (RSO, Liu et al. 2024)  max(0, 1 - beta * h)
+  KTO   (Ethayarajh et al. 2024), unpaired: with r = log pi(y|x) - log ref(y|x) and z = max(0, mean r
+        over the batch, no gradient) as the reference point, desirable y cost w_d (1 - sigmoid(beta (r - z)))
+        and undesirable y cost w_u (1 - sigmoid(beta (z - r))). (The paper estimates z from mismatched
+        (x, y') pairs; the batch mean of r is the cheaper estimate that needs no extra forward passes.)
+The implicit reward is beta * (log pi - log ref). Reference log-probs are computed once, cached in
+`<run.dir>/reference_logps.safetensors` (keyed by a hash of reference model and data), and the
+reference model is freed before training: only the policy is in memory while it trains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save
+
+from orizuru.config import ConfigError, load_config, save_config
+from orizuru.errors import UserError
+from orizuru.files import atomic_write, write_json
+from orizuru.post.data import PrefData, Unpaired, read_preferences
+from orizuru.post.finetune import (
+    Batches,
+    PostTrain,
+    Schedule,
+    Seq,
+    answer_seq,
+    fit,
+    load_base,
+    run_steps,
+    save_chat_model,
+    schedule,
+    sequence_logps,
+    split_val,
+)
+from orizuru.runtime import setup_device
+from orizuru.train.config import RunConfig
+
+# ---------------------------------------------------------------- the losses
+
+
+def preference_loss(kind: str, pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor, beta: float):
+    """Per-pair losses and implicit rewards (chosen, rejected) from policy/reference sequence log-probs."""
+    h = (pc - rc) - (pr - rr)
+    if kind == "dpo":
+        losses = -F.logsigmoid(beta * h)
+    elif kind == "ipo":
+        losses = (h - 1 / (2 * beta)) ** 2
+    elif kind == "hinge":
+        losses = torch.relu(1 - beta * h)
+    else:
+        raise ValueError(f"unknown paired preference loss {kind!r}")
+    return losses, beta * (pc - rc).detach(), beta * (pr - rr).detach()
+
+
+def kto_loss(policy: torch.Tensor, ref: torch.Tensor, desirable: torch.Tensor, beta: float, w_desirable: float = 1.0, w_undesirable: float = 1.0):
+    """Per-example KTO losses, implicit rewards and the reference point z."""
+    r = policy - ref
+    z = r.detach().mean().clamp(min=0)
+    losses = torch.where(desirable, w_desirable * (1 - torch.sigmoid(beta * (r - z))), w_undesirable * (1 - torch.sigmoid(beta * (z - r))))
+    return losses, beta * r.detach(), z
+
+
+# ---------------------------------------------------------------- config
+
+
+@dataclass
+class Objective:
+    loss: Literal["dpo", "ipo", "hinge", "kto"] = "dpo"
+    beta: float = 0.1
+    kto_desirable_weight: float = 1.0
+    kto_undesirable_weight: float = 1.0
+
+    def validate(self) -> None:
+        if self.beta <= 0:
+            raise ConfigError(f"config key 'dpo.beta' must be positive, got {self.beta}")
+
+
+@dataclass
+class DPOTrain(PostTrain):
+    lr: float = 5e-7  # as Zephyr's DPO stage
+    batch_size: int = 4
+
+
+@dataclass
+class DPOConfig:
+    model: str = "runs/sft/model"  # the policy to start from (usually the SFT model)
+    reference: str | None = None  # reference model; None: the starting policy
+    data: PrefData = field(default_factory=PrefData)
+    dpo: Objective = field(default_factory=Objective)
+    train: DPOTrain = field(default_factory=DPOTrain)
+    schedule: Schedule = field(default_factory=lambda: Schedule(epochs=1, warmup_ratio=0.1))
+    run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/dpo"))
+
+
+# ---------------------------------------------------------------- reference log-probs
+
+
+def reference_logps(cfg: DPOConfig, seqs: list[Seq], pad_id: int, device, batch_size: int) -> torch.Tensor:
+    """log ref(y|x) for every sequence, from the cache when it matches the reference model and data."""
+    ref_dir = Path(cfg.reference or cfg.model)
+    h = hashlib.sha256()
+    for f in sorted(ref_dir.glob("*.safetensors")):
+        h.update(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
+    for s in seqs:
+        h.update(json.dumps([s.ids, s.mask]).encode())
+    key = h.hexdigest()
+    path = Path(cfg.run.dir) / "reference_logps.safetensors"
+    if path.is_file():
+        with safe_open(str(path), "pt") as f:
+            if f.metadata().get("key") == key:
+                return f.get_tensor("logps")
+    ref, _ = load_base(ref_dir, device)
+    ref.eval()
+    logps = torch.zeros(len(seqs))
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].ids))  # similar lengths: little padding
+    with torch.no_grad():
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            logps[idx] = sequence_logps(ref, [seqs[i] for i in idx], pad_id, device).float().cpu()
+    del ref
+    gc.collect()
+    with atomic_write(path, "wb") as f:
+        f.write(save({"logps": logps}, metadata={"key": key}))
+    return logps
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def dpo(cfg: DPOConfig) -> dict:
+    device, amp = setup_device(cfg.train.dtype)
+    torch.manual_seed(cfg.train.seed)
+    d, o = cfg.data, cfg.dpo
+    pairs, singles, report = read_preferences(d.train, d.strict)
+    for problem in report.problems[:5]:
+        print(f"skipped {problem}", file=sys.stderr)
+    kto = o.loss == "kto"
+    if not kto and singles:
+        raise UserError(f"{', '.join(d.train)}: {len(singles)} unpaired rows ({{completion, label}}) need dpo.loss = 'kto'")
+    if kto:  # paired data splits into desirable (chosen) and undesirable (rejected) examples
+        singles += [Unpaired(p.prompt, p.chosen, True) for p in pairs] + [Unpaired(p.prompt, p.rejected, False) for p in pairs]
+    items = singles if kto else pairs
+    if not items:
+        raise UserError(f"{', '.join(d.train)}: no usable preference rows ({report.rows} read, {report.skipped} skipped)")
+    if d.val:
+        vp, vs, _ = read_preferences(d.val, d.strict)
+        val_items = (vs + [Unpaired(p.prompt, p.chosen, True) for p in vp] + [Unpaired(p.prompt, p.rejected, False) for p in vp]) if kto else vp
+        train_items = items
+    else:
+        train_items, val_items = split_val(items, d.val_fraction, cfg.train.seed)
+
+    model, tok = load_base(cfg.model, device)
+    max_len = cfg.train.seq_len + 1
+    counts = {"rows": report.rows, "skipped": report.skipped}
+
+    def encode(xs, what):
+        """Items -> groups of sequences ([chosen, rejected], or [completion] for KTO) that fit the context."""
+        groups, labels, truncated, dropped = [], [], 0, 0
+        for n, x in enumerate(xs):
+            answers = [x.completion] if kto else [x.chosen, x.rejected]
+            kept, t, dr = fit([answer_seq(tok, x.prompt, a) for a in answers], max_len, d.overlong, f"{what} {n}, answer")
+            truncated += t
+            if dr:  # the prompt alone fills the context
+                dropped += 1
+                continue
+            groups.append(kept)
+            labels.append(x.desirable if kto else None)
+        return groups, labels, truncated, dropped
+
+    train, train_labels, counts["truncated"], counts["dropped_too_long"] = encode(train_items, "training example")
+    val, val_labels, _, _ = encode(val_items, "validation example")
+    if not train:
+        raise UserError("no preference example fits train.seq_len; raise it or shorten the data")
+    counts.update(train=len(train), val=len(val))
+    run_dir = Path(cfg.run.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    flat = [s for group in train + val for s in group]
+    ref_all = reference_logps(cfg, flat, tok.pad_id, device, max(16, cfg.train.batch_size * 2))
+    width = len(train[0])
+    ref_train = ref_all[: len(train) * width].view(len(train), width)
+    ref_val = ref_all[len(train) * width :].view(len(val), width)
+    batches = Batches([sum(len(s.ids) for s in g) for g in train], cfg.train.batch_size, cfg.train.seed)
+    schedule(cfg.train, cfg.schedule.epochs, cfg.schedule.warmup_ratio, batches.per_epoch)
+    save_config(cfg, run_dir / "config.toml")
+    print(f"orizuru dpo ({o.loss}): {json.dumps(counts)}; {cfg.train.max_steps} steps", file=sys.stderr)
+
+    def losses(groups, refs, labels):
+        seqs = [s for g in groups for s in g]
+        logps = sequence_logps(model, seqs, tok.pad_id, device).view(len(groups), width)
+        refs = refs.to(device)
+        if kto:
+            desirable = torch.tensor(labels, device=device)
+            loss, rewards, z = kto_loss(logps[:, 0], refs[:, 0], desirable, o.beta, o.kto_desirable_weight, o.kto_undesirable_weight)
+            metrics = {"kl_ref_point": z.item()}
+            if desirable.any():
+                metrics["rewards_desirable"] = rewards[desirable].mean().item()
+            if (~desirable).any():
+                metrics["rewards_undesirable"] = rewards[~desirable].mean().item()
+            return loss, metrics
+        loss, rc, rr = preference_loss(o.loss, logps[:, 0], logps[:, 1], refs[:, 0], refs[:, 1], o.beta)
+        return loss, {
+            "reward_accuracy": (rc > rr).float().mean().item(),
+            "rewards_chosen": rc.mean().item(),
+            "rewards_rejected": rr.mean().item(),
+            "margin": (rc - rr).mean().item(),
+        }
+
+    def micro(step: int, m: int):
+        idx = batches(step * cfg.train.grad_accum + m)
+        loss, metrics = losses([train[i] for i in idx], ref_train[idx], [train_labels[i] for i in idx])
+        return loss.mean(), {**metrics, "tokens": sum(len(s.ids) for i in idx for s in train[i])}
+
+    def evaluate() -> dict:
+        if not val:
+            return {}
+        sums, n = {}, 0
+        for b in range(0, len(val), cfg.train.batch_size):
+            groups = val[b : b + cfg.train.batch_size]
+            loss, metrics = losses(groups, ref_val[b : b + len(groups)], val_labels[b : b + len(groups)])
+            for k, v in {"loss": loss.mean().item(), **metrics}.items():
+                sums[k] = sums.get(k, 0.0) + v * len(groups)
+            n += len(groups)
+        return {k: v / n for k, v in sums.items()}
+
+    model.eval()
+    with torch.no_grad():
+        before = {f"val_{k}": round(v, 6) for k, v in evaluate().items()}
+    last = run_steps("dpo", model, cfg.train, run_dir, micro, evaluate, device, amp)
+    save_chat_model(model, run_dir / "model", tok)
+    summary = {"loss": o.loss, "beta": o.beta, "step": cfg.train.max_steps, **counts, "before": before, "after": {k: v for k, v in last.items() if k.startswith("val_")}}
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="orizuru dpo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="TOML config (see configs/dpo.toml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. dpo.loss=ipo")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad data row")
+    a = p.parse_args(argv)
+    cfg = load_config(DPOConfig, a.config, list(a.set) + (["data.strict=true"] if a.strict else []))
+    print(json.dumps(dpo(cfg), ensure_ascii=False))
+    return 0

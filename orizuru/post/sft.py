@@ -1,0 +1,169 @@
+"""`orizuru sft`: instruction tuning, full or LoRA, with loss only on the assistant's tokens.
+
+Conversations (Alpaca / OpenAI messages / ShareGPT files, plus FLAN-templated task data) are
+rendered with the one chat template (chat.py); the loss is L = -E log pi(y | x) over answer tokens
+only. Batches are right-padded and grouped by length (see finetune.py for why no attention mask
+is needed); epochs and a warm-up ratio set the schedule (PLaMo-13B-Instruct: lr 1e-5, warm-up
+0.03). Output: `<run.dir>/model/` (HF directory with the chat template; LoRA merged into it),
+`<run.dir>/adapter/` (peft layout) for LoRA runs, `metrics.jsonl`, `summary.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from orizuru.config import ConfigError, load_config, save_config
+from orizuru.files import write_json
+from orizuru.model.lora import apply_lora, merge_lora, save_adapter
+from orizuru.post.chat import render
+from orizuru.post.data import flan_messages, read_instructions
+from orizuru.post.finetune import (
+    Batches,
+    PostTrain,
+    Schedule,
+    Seq,
+    fit,
+    load_base,
+    pad_batch,
+    run_steps,
+    save_chat_model,
+    schedule,
+    split_val,
+)
+from orizuru.runtime import setup_device
+from orizuru.train.config import RunConfig
+
+
+@dataclass
+class SFTData:
+    train: list[str] = field(default_factory=list)  # instruction files (.jsonl or .json)
+    flan: list[str] = field(default_factory=list)  # "task=path" (tasks: jcommonsenseqa, jnli, jsquad, niilc)
+    val: list[str] = field(default_factory=list)  # held-out files; empty: val_fraction of train
+    val_fraction: float = 0.05
+    strict: bool = False  # stop at the first bad row instead of skipping it
+    overlong: Literal["truncate", "error"] = "truncate"
+    drop_unknown: bool = False  # drop rows that `orizuru slick` labelled Unknown
+
+    def validate(self) -> None:
+        if not self.train and not self.flan:
+            raise ConfigError("config key 'data.train' is empty: give at least one instruction file")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"config key 'data.val_fraction' must be in [0, 1), got {self.val_fraction}")
+        for item in self.flan:
+            if "=" not in item:
+                raise ConfigError(f"config key 'data.flan': expected 'task=path', got {item!r}")
+
+
+@dataclass
+class LoRAConfig:
+    rank: int = 0  # 0: full fine-tuning
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+    def validate(self) -> None:
+        if self.rank < 0 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise ConfigError("config keys 'lora.rank' >= 0, 'lora.alpha' > 0, 'lora.dropout' in [0, 1) expected")
+        if self.rank and not self.targets:
+            raise ConfigError("config key 'lora.targets' is empty")
+
+
+@dataclass
+class SFTConfig:
+    model: str = "runs/demo/model"  # HF Llama directory to start from
+    data: SFTData = field(default_factory=SFTData)
+    train: PostTrain = field(default_factory=PostTrain)
+    schedule: Schedule = field(default_factory=Schedule)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/sft"))
+
+
+def read_chats(d: SFTData, files: list[str]) -> tuple[list[list[dict]], dict]:
+    chats, report = read_instructions(files, strict=d.strict, drop_labels=("Unknown",) if d.drop_unknown else ())
+    counts = {"rows": report.rows, "skipped": report.skipped, "dropped_unknown": report.dropped}
+    for problem in report.problems[:5]:
+        print(f"skipped {problem}", file=sys.stderr)
+    return chats, counts
+
+
+def load_examples(cfg: SFTConfig, tok) -> tuple[list[Seq], list[Seq], dict]:
+    """(train, val) token sequences with loss masks, and counts of what was skipped or cut."""
+    d = cfg.data
+    chats, counts = read_chats(d, d.train)
+    for item in d.flan:
+        task, path = item.split("=", 1)
+        more, report = flan_messages(task, path, seed=cfg.train.seed, strict=d.strict)
+        chats += more
+        counts["rows"] += report.rows
+        counts["skipped"] += report.skipped
+    if d.val:
+        val_chats, _ = read_chats(d, d.val)
+        train_chats = chats
+    else:
+        train_chats, val_chats = split_val(chats, d.val_fraction, cfg.train.seed)
+    max_len = cfg.train.seq_len + 1  # inputs are ids[:-1]
+    seqs = [Seq(r.ids, r.mask) for r in (render(tok, c) for c in train_chats)]
+    train, counts["truncated"], counts["dropped_too_long"] = fit(seqs, max_len, d.overlong, "training example")
+    val, _, _ = fit([Seq(r.ids, r.mask) for r in (render(tok, c) for c in val_chats)], max_len, "truncate", "validation example")
+    if not train:
+        raise ConfigError("no usable training examples (all rows were skipped or did not fit train.seq_len)")
+    counts.update(train=len(train), val=len(val))
+    return train, val, counts
+
+
+def sft(cfg: SFTConfig) -> dict:
+    device, amp = setup_device(cfg.train.dtype)
+    torch.manual_seed(cfg.train.seed)
+    model, tok = load_base(cfg.model, device)
+    if cfg.train.seq_len > model.cfg.max_seq_len:
+        raise ConfigError(f"config key 'train.seq_len' ({cfg.train.seq_len}) exceeds the model's context ({model.cfg.max_seq_len})")
+    train, val, counts = load_examples(cfg, tok)
+    if cfg.lora.rank:
+        apply_lora(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, cfg.lora.dropout)
+    batches = Batches([len(s.ids) for s in train], cfg.train.batch_size, cfg.train.seed)
+    schedule(cfg.train, cfg.schedule.epochs, cfg.schedule.warmup_ratio, batches.per_epoch)
+    run_dir = Path(cfg.run.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.toml")
+    print(f"orizuru sft: {json.dumps(counts)}; {cfg.train.max_steps} steps", file=sys.stderr)
+
+    def micro(step: int, m: int):
+        seqs = [train[i] for i in batches(step * cfg.train.grad_accum + m)]
+        x, y = pad_batch(seqs, tok.pad_id, device)
+        return model(x, y), {"tokens": sum(len(s.ids) - 1 for s in seqs)}  # real tokens, not padding
+
+    def evaluate() -> dict:
+        nats = n = 0.0
+        for b in range(0, len(val), cfg.train.batch_size):
+            x, y = pad_batch(val[b : b + cfg.train.batch_size], tok.pad_id, device)
+            nats += model(x, y, loss_reduction="sum").item()
+            n += (y != -100).sum().item()
+        return {"loss": nats / n} if n else {}
+
+    last = run_steps("sft", model, cfg.train, run_dir, micro, evaluate, device, amp)
+    if cfg.lora.rank:
+        save_adapter(model, run_dir / "adapter", rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=cfg.lora.targets, dropout=cfg.lora.dropout, base_model=cfg.model)
+        merge_lora(model)
+    save_chat_model(model, run_dir / "model", tok)
+    summary = {"step": cfg.train.max_steps, "epochs": cfg.schedule.epochs, **counts, **{k: last[k] for k in ("loss", "val_loss") if k in last}}
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="orizuru sft", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="TOML config (see configs/sft.toml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.lr=2e-5")
+    p.add_argument("--lora-rank", type=int, help="train a LoRA adapter of this rank (same as --set lora.rank=N)")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad data row (same as --set data.strict=true)")
+    a = p.parse_args(argv)
+    overrides = list(a.set) + ([f"lora.rank={a.lora_rank}"] if a.lora_rank is not None else []) + (["data.strict=true"] if a.strict else [])
+    print(json.dumps(sft(load_config(SFTConfig, a.config, overrides)), ensure_ascii=False))
+    return 0

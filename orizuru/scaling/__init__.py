@@ -1,0 +1,1 @@
+"""Planning and scaling laws: `orizuru plan` (Chinchilla arithmetic) and `orizuru scaling` (sweeps and fits)."""

@@ -1,0 +1,1 @@
+"""Tokenizers: byte-fallback BPE/Unigram training, SentencePiece import, vocabulary expansion, coverage reports."""

@@ -1,0 +1,1 @@
+"""Pre-training: text to token shards (`orizuru tokenize`), batches, and the training loop (`orizuru pretrain`)."""

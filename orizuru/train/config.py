@@ -1,0 +1,88 @@
+"""The pre-training config: model, optimisation and data sections, and the run directory.
+
+`TrainConfig` and `RunConfig` are also the base of the post-training stages' sections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from orizuru.config import ConfigError
+from orizuru.model.config import ModelConfig
+
+
+@dataclass
+class TrainConfig:
+    seq_len: int = 256
+    batch_size: int = 8  # sequences per step per process (per micro-step)
+    grad_accum: int = 1
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    max_steps: int = 1000
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    seed: int = 1337
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False
+    activation_checkpointing: bool = False
+    log_every: int = 10
+    eval_every: int = 100
+    eval_batches: int = 8
+    ckpt_every: int = 100
+    init_from: str | None = None  # HF Llama directory for continued pre-training
+    fsdp: bool = False  # shard with FSDP2 under torchrun instead of DDP
+
+    def validate(self) -> None:
+        for key in ("seq_len", "batch_size", "grad_accum", "max_steps", "log_every", "eval_every", "ckpt_every", "eval_batches"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"config key 'train.{key}' must be positive, got {getattr(self, key)}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"config key 'train.warmup_steps' must be >= 0, got {self.warmup_steps}")
+        if not 0 < self.lr < 1:
+            raise ConfigError(f"config key 'train.lr' must be in (0, 1), got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"config key 'train.min_lr_ratio' must be in [0, 1], got {self.min_lr_ratio}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError("config keys 'train.weight_decay' and 'train.grad_clip' must be >= 0")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError("config keys 'train.beta1' and 'train.beta2' must be in [0, 1)")
+
+
+@dataclass
+class DataConfig:
+    """Token shard directories (written by `orizuru tokenize`) mixed with the given weights."""
+
+    dirs: list[str] = field(default_factory=list)
+    weights: list[float] | None = None  # None: equal weights
+
+    def validate(self) -> None:
+        if self.weights is not None:
+            if len(self.weights) != len(self.dirs):
+                raise ConfigError(
+                    f"config key 'data.weights' has {len(self.weights)} entries but 'data.dirs' has {len(self.dirs)}"
+                )
+            if any(w <= 0 for w in self.weights):
+                raise ConfigError(f"config key 'data.weights' must all be positive, got {self.weights}")
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/pretrain"
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> None:
+        if self.train.seq_len > self.model.max_seq_len:
+            raise ConfigError(
+                f"config key 'train.seq_len' ({self.train.seq_len}) exceeds 'model.max_seq_len' ({self.model.max_seq_len})"
+            )
