@@ -272,6 +272,8 @@ def build_corpus(inputs: list[str], output: Path, config: CorpusConfig | None = 
     output = Path(output)
     files = expand_inputs(inputs)
     work = output / "work"
+    for stale in work.rglob(".*.tmp"):  # temp files of a build killed mid-write; one build per output at a time
+        stale.unlink()
     map_fn = make_map(executor, workers, desc="corpus files")
     entries = map_fn(process_file, [(i, str(p), str(work), cfg) for i, p in enumerate(files)])
     boilerplate = find_boilerplate([e["line_keys"] for e in entries], cfg.normalize.boilerplate_min_pages,

@@ -12,6 +12,7 @@ from functools import lru_cache
 import numpy as np
 
 from orizuru.corpus.config import LangConfig
+from orizuru.japanese import HIRAGANA, KATAKANA, count_in
 
 # not letters: ASCII other than a-z/A-Z, Latin-1 symbols, general punctuation, CJK symbols and
 # punctuation (、。「」 ...), full-width ASCII punctuation and digits
@@ -23,8 +24,8 @@ def kana_fraction(text: str) -> float:
     cp = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
     folded = cp | 0x20
     non_letters = np.count_nonzero((cp < 0x80) & ~((folded >= 0x61) & (folded <= 0x7A)))
-    non_letters += sum(np.count_nonzero((cp >= lo) & (cp <= hi)) for lo, hi in _NON_LETTER)
-    kana = np.count_nonzero(((cp >= 0x3041) & (cp <= 0x3096)) | ((cp >= 0x30A1) & (cp <= 0x30FA)))
+    non_letters += count_in(cp, _NON_LETTER)
+    kana = count_in(cp, HIRAGANA + KATAKANA)
     letters = len(cp) - non_letters
     return float(kana / letters) if letters > 0 else 0.0
 

@@ -16,16 +16,9 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from orizuru.corpus.config import EnQualityConfig, JaQualityConfig
+from orizuru.japanese import HIRAGANA, KANJI, KATAKANA, count_in
 
-# Swallow's character classes, as code-point ranges (inclusive)
-HIRAGANA = [(0x3041, 0x3096)]
-KATAKANA = [(0x30A1, 0x30FA)]
-KANJI = [(ord(c), ord(c)) for c in "々〇〻"] + [(0x3400, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x3FFFF)]
 PUNCT = [(ord(c), ord(c)) for c in "、，。．！？"]  # tōten and kuten
-
-
-def count_in(cp: np.ndarray, ranges: list[tuple[int, int]]) -> int:
-    return int(sum(np.count_nonzero((cp >= lo) & (cp <= hi)) for lo, hi in ranges))
 
 
 _SENTENCE = re.compile(r"[^。．！？!?]+[。．！？!?]*|[。．！？!?]+")

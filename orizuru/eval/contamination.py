@@ -11,7 +11,6 @@ the mean fraction of an example's n-grams found, and every hit (example, documen
 from __future__ import annotations
 
 import argparse
-import re
 import unicodedata
 from pathlib import Path
 from typing import Iterator
@@ -22,14 +21,13 @@ from orizuru.corpus.doc import read_shard
 from orizuru.errors import UserError
 from orizuru.eval.tasks import load_examples, load_task, task_names
 from orizuru.files import write_json
+from orizuru.japanese import JAPANESE_RE
 from orizuru.tokenizer.tokenizer import iter_texts
-
-_JAPANESE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff]")
 
 
 def ngrams(text: str, n_char: int = 13, n_word: int = 13) -> set[str]:
     text = unicodedata.normalize("NFKC", text)
-    if _JAPANESE.search(text):
+    if JAPANESE_RE.search(text):
         s = "".join(text.split())
         return {s[i : i + n_char] for i in range(len(s) - n_char + 1)}
     words = text.lower().split()

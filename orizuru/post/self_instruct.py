@@ -19,6 +19,7 @@ import re
 import sys
 from pathlib import Path
 
+from rapidfuzz.distance import LCSseq
 from tqdm import tqdm
 
 from orizuru.errors import UserError
@@ -29,23 +30,10 @@ from orizuru.post.data import iter_rows
 BLOCKLIST = ["画像", "写真", "グラフ", "図を", "絵を", "動画", "音声", "ファイル", "地図"]
 
 
-def lcs_length(a: str, b: str) -> int:
-    """Length of the longest common subsequence (dynamic programming, O(len(a) * len(b)))."""
-    if not a or not b:
-        return 0
-    prev = [0] * (len(b) + 1)
-    for ca in a:
-        cur = [0]
-        for j, cb in enumerate(b):
-            cur.append(prev[j] + 1 if ca == cb else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
 def rouge_l(candidate: str, reference: str) -> float:
     """ROUGE-L F1 over characters (Japanese has no spaces to split words on); whitespace is ignored."""
     c, r = re.sub(r"\s+", "", candidate), re.sub(r"\s+", "", reference)
-    lcs = lcs_length(c, r)
+    lcs = LCSseq.similarity(c, r)  # longest common subsequence length
     if lcs == 0:
         return 0.0
     p, rec = lcs / len(c), lcs / len(r)

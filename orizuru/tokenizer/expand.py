@@ -16,29 +16,14 @@ base encoding contains no new merge pair and no new character encodes to identic
 from __future__ import annotations
 
 import json
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer as HFTokenizer
 
 from orizuru.errors import UserError
+from orizuru.japanese import is_japanese_char
 from orizuru.tokenizer.tokenizer import BYTE_TOKENS, SPECIALS, Tokenizer, train_bpe
-
-
-def is_japanese_char(ch: str) -> bool:
-    """Hiragana, katakana (incl. half-width), CJK ideographs and the long-vowel mark."""
-    o = ord(ch)
-    return (
-        0x3040 <= o <= 0x30FF  # hiragana, katakana, ー
-        or 0x31F0 <= o <= 0x31FF  # katakana phonetic extensions
-        or 0xFF66 <= o <= 0xFF9F  # half-width katakana
-        or is_cjk_ideograph(ch)
-    )
-
-
-def is_cjk_ideograph(ch: str) -> bool:
-    return len(ch) == 1 and unicodedata.name(ch, "").startswith(("CJK UNIFIED IDEOGRAPH", "CJK COMPATIBILITY IDEOGRAPH"))
 
 
 @dataclass

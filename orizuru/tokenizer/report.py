@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Iterable
 
 from orizuru.errors import UserError
+from orizuru.japanese import is_japanese_char, is_kanji
 from orizuru.resources import DATA
-from orizuru.tokenizer.expand import is_cjk_ideograph, is_japanese_char
 from orizuru.tokenizer.tokenizer import BYTE_TOKENS, Tokenizer, iter_texts
 
 JOYO_PATH = DATA / "joyo_kanji" / "joyo.txt"
@@ -54,7 +54,7 @@ def split_by_language(texts: Iterable[str], max_chars: int | None = None) -> dic
 
 def vocab_stats(tok: Tokenizer, joyo: list[str]) -> dict:
     vocab = tok.hf.get_vocab(with_added_tokens=True)
-    cjk = {t.replace("▁", "") for t in vocab if len(t.replace("▁", "")) == 1 and is_cjk_ideograph(t.replace("▁", ""))}
+    cjk = {t.replace("▁", "") for t in vocab if len(t.replace("▁", "")) == 1 and is_kanji(t.replace("▁", ""))}
     covered = sum(1 for k in joyo if k in vocab)
     return {"vocab_size": tok.vocab_size, "cjk_ideographs": len(cjk), "joyo_covered": covered, "joyo_coverage": covered / len(joyo)}
 
