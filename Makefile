@@ -1,11 +1,12 @@
-# Two entry points for a fresh machine (Python 3.11, pip, gcc):
+# Entry points for a fresh machine (Python 3.11, pip, gcc):
 #   make demo   - the whole pipeline on the shipped sample data, on the CPU
 #   make test   - the test suite
+#   make lint   - the import rule (import-linter) and ruff
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install
+.PHONY: demo test lint install
 
 $(BIN)/orizuru: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,3 +23,7 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/lint-imports
+	$(BIN)/ruff check orizuru tests bench
