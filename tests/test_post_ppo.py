@@ -67,6 +67,23 @@ def test_reward_rises_on_a_rule_based_reward(tmp_path):
     assert (run / "model" / "config.json").is_file()
 
 
+def test_ppo_leaves_no_hook_or_head_on_the_model(tmp_path, monkeypatch):
+    import orizuru.post.ppo as mod
+
+    base = tiny_model_dir(tmp_path / "base", vocab_size=300)
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "1たす6は？", "answer": 7}])
+    saved = []
+    monkeypatch.setattr(mod, "save_chat_model", lambda model, directory, tok: saved.append(model))
+    o = {
+        "model": f'"{base}"', "run.dir": f'"{tmp_path / "run"}"', "data.prompts": f'["{prompts}"]', "ppo.rule": '"contains_answer"',
+        "ppo.rollout_batch": "2", "ppo.max_new_tokens": "2", "ppo.ppo_epochs": "1", "train.batch_size": "2", "train.max_steps": "1",
+    }
+    ppo(load_config(PPOConfig, overrides=[f"{k}={v}" for k, v in o.items()]))
+    (policy,) = saved
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in policy.modules())
+    assert not hasattr(policy, "value_head") and not hasattr(policy, "last_hidden")
+
+
 def test_exactly_one_reward_source():
     with pytest.raises(ConfigError, match="exactly one of 'ppo.reward_model'"):
         load_config(PPOConfig, overrides=['data.prompts=["p.jsonl"]'])

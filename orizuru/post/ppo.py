@@ -45,12 +45,12 @@ def add_value_head(policy: nn.Module) -> None:
     """
     policy.value_head = nn.Linear(policy.cfg.dim, 1, bias=False, device=policy.lm_head.weight.device)
     nn.init.zeros_(policy.value_head.weight)
-    policy.model.norm.register_forward_hook(lambda _m, _i, out: setattr(policy, "last_hidden", out))
 
 
 def logits_and_values(policy: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = policy(x)
-    return logits, policy.value_head(policy.last_hidden)[..., 0].float()
+    """One pass of the decoder feeds both heads: the LM head's logits and the value head's values."""
+    hidden = policy(x, return_hidden=True)
+    return policy.lm_head(hidden), policy.value_head(hidden)[..., 0].float()
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
