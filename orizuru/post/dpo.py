@@ -147,8 +147,6 @@ def dpo(cfg: DPOConfig) -> dict:
     torch.manual_seed(cfg.train.seed)
     d, o = cfg.data, cfg.dpo
     pairs, singles, report = read_preferences(d.train, d.strict)
-    for problem in report.problems[:5]:
-        print(f"skipped {problem}", file=sys.stderr)
     kto = o.loss == "kto"
     if not kto and singles:
         raise UserError(f"{', '.join(d.train)}: {len(singles)} unpaired rows ({{completion, label}}) need dpo.loss = 'kto'")

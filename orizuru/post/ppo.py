@@ -29,7 +29,7 @@ from orizuru.errors import UserError
 from orizuru.files import write_json
 from orizuru.model.generate import generate
 from orizuru.post.chat import prompt_ids, stop_id
-from orizuru.post.data import BadRow, iter_rows, prompt_messages
+from orizuru.post.data import read_prompts
 from orizuru.post.finetune import Seq, answer_seq, load_base, pad_batch, save_chat_model, token_logps
 from orizuru.post.reward import load_reward_model, scores
 from orizuru.runtime import setup_device
@@ -138,7 +138,8 @@ class PPOOptions:
 
 @dataclass
 class PPOData:
-    prompts: list[str] = field(default_factory=list)  # JSONL/JSON rows {prompt|messages, answer?}
+    prompts: list[str] = field(default_factory=list)  # JSONL/JSON prompt rows (see data.py), plus 'answer' for a rule
+    strict: bool = False  # stop at the first bad row instead of skipping it
 
     def validate(self) -> None:
         if not self.prompts:
@@ -168,25 +169,6 @@ class PPOConfig:
     run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/ppo"))
 
 
-def read_prompts(paths: list[str], needs_answer: bool) -> list[tuple[list[dict], dict]]:
-    out = []
-    for path in paths:
-        for where, row in iter_rows(path):
-            try:
-                if isinstance(row, BadRow):
-                    raise row
-                if not isinstance(row, dict):
-                    raise BadRow("expected a JSON object")
-                if needs_answer and "answer" not in row:
-                    raise BadRow("the rule-based reward needs an 'answer' field")
-                out.append((prompt_messages(row), row))
-            except BadRow as e:
-                raise UserError(f"{where}: {e}") from None
-    if not out:
-        raise UserError(f"{', '.join(paths)}: no prompts")
-    return out
-
-
 # ---------------------------------------------------------------- the loop
 
 
@@ -194,7 +176,9 @@ def ppo(cfg: PPOConfig) -> dict:
     device, amp = setup_device(cfg.train.dtype)
     torch.manual_seed(cfg.train.seed)
     o, tcfg = cfg.ppo, cfg.train
-    prompts = read_prompts(cfg.data.prompts, o.rule is not None)
+    prompts, report = read_prompts(cfg.data.prompts, cfg.data.strict, needs=("answer",) if o.rule else ())
+    if not prompts:
+        raise UserError(f"{', '.join(cfg.data.prompts)}: no usable prompts ({report.rows} read, {report.skipped} skipped)")
     policy, tok = load_base(cfg.model, device)
     ref, _ = load_base(cfg.reference or cfg.model, device)
     ref.eval().requires_grad_(False)
@@ -290,7 +274,7 @@ def ppo(cfg: PPOConfig) -> dict:
     bar.close()
     del policy.value_head
     save_chat_model(policy, run_dir / "model", tok)
-    summary = {"step": tcfg.max_steps, **{k: last[k] for k in ("score", "kl") if k in last}}
+    summary = {"step": tcfg.max_steps, "rows": report.rows, "skipped": report.skipped, **{k: last[k] for k in ("score", "kl") if k in last}}
     write_json(run_dir / "summary.json", summary)
     return summary
 

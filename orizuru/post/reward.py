@@ -102,8 +102,8 @@ def train_reward(cfg: RewardConfig) -> dict:
     torch.manual_seed(cfg.train.seed)
     d = cfg.data
     pairs, singles, report = read_preferences(d.train, d.strict)
-    for problem in report.problems[:5]:
-        print(f"skipped {problem}", file=sys.stderr)
+    if singles:
+        raise UserError(f"{', '.join(d.train)}: {len(singles)} unpaired rows ({{completion, label}}); a Bradley-Terry reward model needs pairs")
     if not pairs:
         raise UserError(f"{', '.join(d.train)}: no usable preference pairs ({report.rows} read, {report.skipped} skipped)")
     if d.val:

@@ -87,10 +87,7 @@ class SFTConfig:
 
 def read_chats(d: SFTData, files: list[str]) -> tuple[list[list[dict]], dict]:
     chats, report = read_instructions(files, strict=d.strict, drop_labels=("Unknown",) if d.drop_unknown else ())
-    counts = {"rows": report.rows, "skipped": report.skipped, "dropped_unknown": report.dropped}
-    for problem in report.problems[:5]:
-        print(f"skipped {problem}", file=sys.stderr)
-    return chats, counts
+    return chats, {"rows": report.rows, "skipped": report.skipped, "dropped_unknown": report.dropped}
 
 
 def load_examples(cfg: SFTConfig, tok) -> tuple[list[Seq], list[Seq], dict]:
