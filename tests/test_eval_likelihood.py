@@ -117,6 +117,14 @@ def test_left_truncation_keeps_bos_and_counts(loaded):
         L.encode_pair(tok, "あ" * 200, "い", max_len=50, truncate="error")
 
 
+def test_short_prompts_are_untouched_by_the_context_limit(loaded):
+    model, tok = loaded
+    pairs = [("質問：日本の首都は？\n答え：", "東京"), ("日", "本"), ("短い", "文")]
+    for c, x in pairs:
+        enc = L.encode_pair(tok, c, x, max_len=model.cfg.max_seq_len, truncate="error")
+        assert enc == L.encode_pair(tok, c, x) and enc.context == tok.encode(c, bos=True) and enc.truncated == 0
+
+
 def test_dumped_prompts_rescored_with_transformers(model_dir, tmp_path):
     transformers = pytest.importorskip("transformers")
     out = tmp_path / "out"

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from orizuru.errors import UserError
 from orizuru.model.llama import KVCache
 
 
@@ -48,15 +47,8 @@ def encode_pair(tokenizer, context: str, continuation: str, max_len: int | None 
         enc = Encoded(ctx, full[len(ctx) :])
     else:
         enc = Encoded(ctx, tokenizer.encode(continuation), boundary_merge=True)
-    if max_len is not None and len(enc.context) + len(enc.continuation) > max_len:
-        excess = len(enc.context) + len(enc.continuation) - max_len
-        if truncate != "left" or excess > len(enc.context) - 1:
-            raise UserError(
-                f"prompt of {len(enc.context) + len(enc.continuation)} tokens exceeds the model's context of "
-                f"{max_len} (use --truncate left to drop the oldest context tokens)"
-            )
-        enc.context = enc.context[:1] + enc.context[1 + excess :]  # keep BOS, drop the oldest tokens
-        enc.truncated = excess
+    if max_len is not None:  # the continuation is scored whole: the context gives way
+        enc.context, enc.truncated = tokenizer.encode_prompt(enc.context, max_len - len(enc.continuation), truncate == "left")
     return enc
 
 

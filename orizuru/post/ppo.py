@@ -212,8 +212,8 @@ def ppo(cfg: PPOConfig) -> dict:
             group["lr"] = lr
         rng = random.Random(tcfg.seed * 7919 + step)
         batch = [prompts[rng.randrange(len(prompts))] for _ in range(o.rollout_batch)]
-        full = [prompt_ids(tok, m) for m, _ in batch]
-        p_ids = [p[-max_prompt:] for p in full]  # keep the end of an over-long prompt (counted below)
+        encoded = [tok.encode_prompt(prompt_ids(tok, m), max_prompt) for m, _ in batch]  # over-long: BOS + the end
+        p_ids = [ids for ids, _ in encoded]
 
         # rollout: sample, score, and freeze log-probs / values / rewards
         policy.eval()
@@ -260,7 +260,7 @@ def ppo(cfg: PPOConfig) -> dict:
             "score": round(scores_.mean().item(), 6),
             "kl": round(kl.sum(1).mean().item(), 6),
             "answer_tokens": round(mask.sum(1).mean().item(), 2),
-            "prompts_truncated": sum(len(p) > max_prompt for p in full),
+            "prompts_truncated": sum(cut > 0 for _, cut in encoded),
             **{k: round(v / n_updates, 6) for k, v in stats.items()},
             "lr": lr,
             "seconds": round(time.perf_counter() - t0, 3),

@@ -101,7 +101,7 @@ def slick(
         rng = random.Random(seed * 1_000_003 + i)
         others = [r for j, r in enumerate(rows) if j != i]
         texts = [few_shot(rng.sample(others, min(shots, len(others))), question) for _ in range(prompts)]
-        ids = [tok.encode(t, bos=True)[-(model.cfg.max_seq_len - max_new_tokens) :] for t in texts]
+        ids = [tok.encode_prompt(t, model.cfg.max_seq_len - max_new_tokens)[0] for t in texts]
         with torch.no_grad():
             greedy = generate(model, ids, max_new_tokens, eos_id=tok.eos_id, stop_strings=["\n"], tokenizer=tok)
             sampled = generate(model, [ids[k % len(ids)] for k in range(samples)], max_new_tokens, temperature=temperature, eos_id=tok.eos_id, stop_strings=["\n"], tokenizer=tok, seed=seed + i)
