@@ -189,11 +189,15 @@ def self_instruct(
                 counts["similar"] += 1
                 continue
             classification = ask(classification_prompt(rng.sample(seeds, 6), inst), 0.0).strip().startswith("はい")
-            instance = parse_instance(ask(instance_prompt(rng.sample([s for s in seeds if s["is_classification"] == classification] or seeds, 3), inst, classification), 0.0), classification)
+            alike = [s for s in seeds if s["is_classification"] == classification] or seeds
+            instance = parse_instance(ask(instance_prompt(rng.sample(alike, 3), inst, classification), 0.0), classification)
             if instance is None:
                 counts["bad_instance"] += 1
                 continue
-            row = {"instruction": inst, "input": instance[0], "output": instance[1], "is_classification": classification, "most_similar": similar, "rouge_l": round(score, 4)}
+            row = {
+                "instruction": inst, "input": instance[0], "output": instance[1], "is_classification": classification,
+                "most_similar": similar, "rouge_l": round(score, 4),
+            }
             append_jsonl(out_path, row)
             done.append(row)
             pool.append(inst)

@@ -103,13 +103,17 @@ def slick(
         texts = [few_shot(rng.sample(others, min(shots, len(others))), question) for _ in range(prompts)]
         ids = [tok.encode_prompt(t, model.cfg.max_seq_len - max_new_tokens)[0] for t in texts]
         with torch.no_grad():
-            greedy = generate(model, ids, max_new_tokens, eos_id=tok.eos_id, stop_strings=["\n"], tokenizer=tok)
-            sampled = generate(model, [ids[k % len(ids)] for k in range(samples)], max_new_tokens, temperature=temperature, eos_id=tok.eos_id, stop_strings=["\n"], tokenizer=tok, seed=seed + i)
+            stop = dict(eos_id=tok.eos_id, stop_strings=["\n"], tokenizer=tok)
+            greedy = generate(model, ids, max_new_tokens, **stop)
+            sampled = generate(model, [ids[k % len(ids)] for k in range(samples)], max_new_tokens, temperature=temperature, seed=seed + i, **stop)
         p_greedy = sum(correct(tok.decode(g), answers) for g in greedy) / len(greedy)
         p_sample = sum(correct(tok.decode(s), answers) for s in sampled) / max(1, len(sampled))
         name = label(p_greedy, p_sample)
         counts[name] += 1
-        append_jsonl(out, {**row, "instruction": row.get("instruction", question), "output": row.get("output", answers[0]), "slick": name, "p_greedy": p_greedy, "p_sample": p_sample, "greedy_answer": tok.decode(greedy[0]).strip()})
+        append_jsonl(out, {
+            **row, "instruction": row.get("instruction", question), "output": row.get("output", answers[0]),
+            "slick": name, "p_greedy": p_greedy, "p_sample": p_sample, "greedy_answer": tok.decode(greedy[0]).strip(),
+        })
     return {k: counts.get(k, 0) for k in LABELS}
 
 
