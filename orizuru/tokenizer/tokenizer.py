@@ -210,9 +210,9 @@ class Tokenizer:
         """
         ids = self.encode(prompt, bos=True) if isinstance(prompt, str) else list(prompt)
         bos = self.bos_id
-        if ids[:2] == [bos, bos]:
+        if ids[:2] == [bos, bos]:  # the text began with BOS itself
             ids = ids[1:]
-        elif ids[:1] != [bos]:  # a tokenizer whose post-processor adds none
+        elif ids[:1] != [bos]:  # ids without it, or a tokenizer whose post-processor adds none
             ids = [bos] + ids
         excess = len(ids) - max_len
         if excess <= 0:
