@@ -13,6 +13,7 @@ from orizuru.eval import likelihood as L
 from orizuru.eval.evaluate import evaluate
 from orizuru.files import read_jsonl
 from orizuru.model.checkpoint import load_model
+from orizuru.model.llama import KVCache, Llama
 from orizuru.tokenizer.tokenizer import Tokenizer
 
 
@@ -51,6 +52,43 @@ def test_logprob_matches_a_plain_forward_pass(loaded):
     assert L.score(model, [enc])[0]["logprob"] == pytest.approx(expected, abs=1e-4)
 
 
+def lm_head_swap(model, ids, **kwargs):
+    """The way hidden states were read before `return_hidden`: the model's forward with `lm_head` bypassed."""
+    head = model.lm_head
+    model.lm_head = torch.nn.Identity()
+    try:
+        return model(ids, **kwargs)
+    finally:
+        model.lm_head = head
+
+
+def test_return_hidden_equals_the_lm_head_swap(loaded):
+    model, tok = loaded
+    ids = torch.tensor([tok.encode("質問：日本の首都は？\n答え：東京", bos=True)])
+    with torch.no_grad():
+        assert torch.equal(model(ids, return_hidden=True), lm_head_swap(model, ids))
+        assert torch.equal(model(ids, return_hidden=True, last_only=True), lm_head_swap(model, ids, last_only=True))
+        # left padding and a KV cache, as likelihood scoring runs them
+        mask = torch.tensor([[0, 0] + [1] * (ids.size(1) - 2)])
+        caches = [KVCache.empty(model.cfg, 1, ids.size(1), "cpu", torch.float32) for _ in range(2)]
+        new = model(ids, attention_mask=mask, cache=caches[0], return_hidden=True)
+        assert torch.equal(new, lm_head_swap(model, ids, attention_mask=mask, cache=caches[1]))
+
+
+def test_scores_unchanged_from_the_lm_head_swap(loaded, monkeypatch):
+    model, tok = loaded
+    pairs = [("質問：日本の首都は？\n答え：", c) for c in ["東京", "大阪", "京都府の北部"]] + [("短い", "文")]
+    reqs = [L.encode_pair(tok, c, x) for c, x in pairs]
+    ours = L.score(model, reqs, batch_tokens=100_000)
+    forward = Llama.forward
+
+    def swapped(self, ids, *args, return_hidden=False, **kwargs):
+        return lm_head_swap(self, ids, *args, **kwargs) if return_hidden else forward(self, ids, *args, **kwargs)
+
+    monkeypatch.setattr(Llama, "forward", swapped)
+    assert L.score(model, reqs, batch_tokens=100_000) == ours
+
+
 def test_boundary_uses_concatenation_and_falls_back_on_a_crossing_merge(loaded):
     _, tok = loaded
     ctx, cont = "答え：", "東京"
@@ -77,6 +115,14 @@ def test_left_truncation_keeps_bos_and_counts(loaded):
 
     with pytest.raises(UserError, match="exceeds the model's context"):
         L.encode_pair(tok, "あ" * 200, "い", max_len=50, truncate="error")
+
+
+def test_short_prompts_are_untouched_by_the_context_limit(loaded):
+    model, tok = loaded
+    pairs = [("質問：日本の首都は？\n答え：", "東京"), ("日", "本"), ("短い", "文")]
+    for c, x in pairs:
+        enc = L.encode_pair(tok, c, x, max_len=model.cfg.max_seq_len, truncate="error")
+        assert enc == L.encode_pair(tok, c, x) and enc.context == tok.encode(c, bos=True) and enc.truncated == 0
 
 
 def test_dumped_prompts_rescored_with_transformers(model_dir, tmp_path):

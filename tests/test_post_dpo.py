@@ -7,7 +7,7 @@ from post_fixtures import DATA, single_thread, tiny_model, tiny_model_dir, tiny_
 
 from orizuru.config import load_config
 from orizuru.errors import UserError
-from orizuru.post.data import prompt_messages
+from orizuru.post.data import BadRow, read_preferences, to_messages
 from orizuru.post.dpo import DPOConfig, dpo, kto_loss, preference_loss
 from orizuru.post.finetune import Seq, sequence_logps
 
@@ -61,7 +61,7 @@ def test_sequence_logps_sum_only_answer_tokens():
 
 
 def test_hh_dialog_prompt_becomes_turns():
-    msgs = prompt_messages({"prompt": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant:"})
+    msgs = to_messages({"prompt": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant:"}, prompt=True)
     assert msgs == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "how?"}]
 
 
@@ -134,8 +134,6 @@ def test_bad_preference_data(tmp_path):
 
 
 def test_unpaired_rows_are_kto_only(tmp_path):
-    from orizuru.post.data import read_preferences
-
     rows = write_jsonl(tmp_path / "kto.jsonl", [
         {"prompt": "質問", "completion": "良い答え", "label": True},
         {"messages": [{"role": "user", "content": "質問"}], "completion": "悪い答え", "label": False},
@@ -146,3 +144,42 @@ def test_unpaired_rows_are_kto_only(tmp_path):
     base = tiny_model_dir(tmp_path / "base")
     with pytest.raises(UserError, match="2 unpaired rows .* need dpo.loss = 'kto'"):
         dpo(load_config(DPOConfig, overrides=overrides(base, tmp_path / "r", rows)))
+
+
+def test_bad_role_is_skipped_with_file_and_line_or_fatal_when_strict(tmp_path, capsys):
+    """A bad role is a bad row like any other: reported as file:line, skipped unless strict. ShareGPT prompts work."""
+    base = tiny_model_dir(tmp_path / "base")
+    good = [json.loads(line) for line in synthetic_pairs(tmp_path / "pairs.jsonl", n=8).read_text().splitlines()]
+    rows = write_jsonl(tmp_path / "mixed.jsonl", good[:4] + [
+        {"messages": [{"role": "bot", "content": "質問"}], "chosen": "良い答え", "rejected": "悪い答え"},
+        {"conversations": [{"from": "system", "value": "丁寧に"}, {"from": "human", "value": "日本の首都は？"}],
+         "chosen": "東京です。", "rejected": "わかりません。"},
+    ] + good[4:])
+    pairs, _, report = read_preferences([rows], strict=False)
+    assert report.skipped == 1 and report.problems == [f"{rows}:5: messages[0]: unknown role 'bot' (expected system, user, assistant)"]
+    assert pairs[4].prompt == [{"role": "system", "content": "丁寧に"}, {"role": "user", "content": "日本の首都は？"}]
+    capsys.readouterr()
+    summary = dpo(load_config(DPOConfig, overrides=overrides(base, tmp_path / "run", rows, **{"train.max_steps": "1", "data.val_fraction": "0"})))
+    assert summary["rows"] == 10 and summary["skipped"] == 1 and summary["train"] == 9
+    assert f"skipped {rows}:5: messages[0]: unknown role 'bot'" in capsys.readouterr().err
+    with pytest.raises(UserError, match=rf"^{rows}:5: messages\[0\]: unknown role 'bot'"):
+        dpo(load_config(DPOConfig, overrides=overrides(base, tmp_path / "strict", rows, **{"data.strict": "true"})))
+
+
+def test_prompt_rows_in_every_format_and_their_role_checks():
+    hh = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant:"
+    user = [{"role": "user", "content": "質問"}]
+    assert to_messages({"prompt": "質問"}, prompt=True) == user
+    assert to_messages({"messages": user}, prompt=True) == user
+    assert to_messages({"conversations": [{"from": "human", "value": "質問"}]}, prompt=True) == user
+    assert to_messages({"instruction": "質問", "output": "答え"}, prompt=True) == user  # the answer is not part of the prompt
+    assert to_messages({"prompt": hh}, prompt=True)[-1] == {"role": "user", "content": "how?"}
+    for row, why in [
+        ({"messages": [{"role": "bot", "content": "x"}]}, "unknown role 'bot'"),
+        ({"conversations": [{"from": "robot", "value": "x"}]}, "unknown role 'robot'"),
+        ({"messages": user + [{"role": "assistant", "content": "答え"}]}, "must end with a user turn"),
+        ({"prompt": "\n\nHuman: \n\nAssistant:"}, "empty 'prompt'"),
+        ({"chosen": "a"}, "expected 'messages', 'conversations', 'prompt' or 'instruction'"),
+    ]:
+        with pytest.raises(BadRow, match=why):
+            to_messages(row, prompt=True)

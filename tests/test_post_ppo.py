@@ -5,6 +5,7 @@ import torch
 from post_fixtures import single_thread, tiny_model_dir, write_jsonl  # noqa: F401
 
 from orizuru.config import ConfigError, load_config
+from orizuru.errors import UserError
 from orizuru.files import read_jsonl
 from orizuru.post.ppo import PPOConfig, gae, ppo, ppo_losses
 
@@ -65,6 +66,45 @@ def test_reward_rises_on_a_rule_based_reward(tmp_path):
     first, final = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
     assert final > first + 0.3 and final > 0.5, scores
     assert (run / "model" / "config.json").is_file()
+
+
+def test_ppo_leaves_no_hook_or_head_on_the_model(tmp_path, monkeypatch):
+    import orizuru.post.ppo as mod
+
+    base = tiny_model_dir(tmp_path / "base", vocab_size=300)
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "1たす6は？", "answer": 7}])
+    saved = []
+    monkeypatch.setattr(mod, "save_chat_model", lambda model, directory, tok: saved.append(model))
+    o = {
+        "model": f'"{base}"', "run.dir": f'"{tmp_path / "run"}"', "data.prompts": f'["{prompts}"]', "ppo.rule": '"contains_answer"',
+        "ppo.rollout_batch": "2", "ppo.max_new_tokens": "2", "ppo.ppo_epochs": "1", "train.batch_size": "2", "train.max_steps": "1",
+    }
+    ppo(load_config(PPOConfig, overrides=[f"{k}={v}" for k, v in o.items()]))
+    (policy,) = saved
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in policy.modules())
+    assert not hasattr(policy, "value_head") and not hasattr(policy, "last_hidden")
+
+
+def test_prompt_rows_in_every_format_and_bad_rows_with_file_and_line(tmp_path, capsys):
+    base = tiny_model_dir(tmp_path / "base", vocab_size=300)
+    prompts = write_jsonl(tmp_path / "p.jsonl", [
+        {"prompt": "1たす6は？", "answer": 7},
+        {"conversations": [{"from": "human", "value": "3たす4は？"}], "answer": 7},
+        {"messages": [{"role": "user", "content": "2たす5は？"}], "answer": 7},
+        {"instruction": "7を書いてください。", "input": "", "answer": 7},
+        {"messages": [{"role": "bot", "content": "0たす7は？"}], "answer": 7},
+        {"prompt": "答えのない行"},
+    ])
+    o = {
+        "model": f'"{base}"', "run.dir": f'"{tmp_path / "run"}"', "data.prompts": f'["{prompts}"]', "ppo.rule": '"contains_answer"',
+        "ppo.rollout_batch": "4", "ppo.max_new_tokens": "2", "ppo.ppo_epochs": "1", "train.batch_size": "4", "train.max_steps": "1",
+    }
+    summary = ppo(load_config(PPOConfig, overrides=[f"{k}={v}" for k, v in o.items()]))
+    assert summary["rows"] == 6 and summary["skipped"] == 2
+    err = capsys.readouterr().err
+    assert f"skipped {prompts}:5: messages[0]: unknown role 'bot'" in err and f"skipped {prompts}:6: missing field 'answer'" in err
+    with pytest.raises(UserError, match=rf"^{prompts}:5: messages\[0\]: unknown role 'bot'"):
+        ppo(load_config(PPOConfig, overrides=[f"{k}={v}" for k, v in {**o, "data.strict": "true"}.items()]))
 
 
 def test_exactly_one_reward_source():

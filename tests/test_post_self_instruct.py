@@ -5,8 +5,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from post_fixtures import DATA
 
+from orizuru.errors import UserError
 from orizuru.files import read_jsonl
-from orizuru.post.self_instruct import parse_instructions, rouge_l, self_instruct
+from orizuru.post.self_instruct import parse_instructions, read_seeds, rouge_l, self_instruct
 
 NEW = [
     "好きな季節とその理由を三つ挙げてください。",
@@ -27,7 +28,8 @@ def test_rouge_l_characters_by_hand():
 
 
 def test_parse_numbered_continuation():
-    assert parse_instructions(" 猫について書いて。\n10. 犬について書いて。\n11．鳥を描写して。", 9) == ["猫について書いて。", "犬について書いて。", "鳥を描写して。"]
+    got = parse_instructions(" 猫について書いて。\n10. 犬について書いて。\n11．鳥を描写して。", 9)
+    assert got == ["猫について書いて。", "犬について書いて。", "鳥を描写して。"]
 
 
 class FakeLLM(BaseHTTPRequestHandler):
@@ -92,3 +94,13 @@ def test_self_instruct_against_a_local_openai_server(tmp_path, server):
     assert [r["instruction"] for r in cls] == [NEW[2]] and cls[0]["output"] == "肯定的" and cls[0]["input"] == "この映画は最高だった。"
     assert all(r["input"] == "" and r["output"] == "例としての回答です。" for r in rows if not r["is_classification"])
     assert any(p.endswith("クラスラベル:") for p in FakeLLM.prompts)  # output-first for classification
+
+
+def test_bad_seed_rows_are_skipped_with_file_and_line_or_fatal_when_strict(tmp_path, capsys):
+    lines = (DATA / "seed_tasks_ja.jsonl").read_text().splitlines()[:8]
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("\n".join(lines[:3] + ['{"instruction": "出力がない"}'] + lines[3:]) + "\n")
+    assert len(read_seeds(str(seeds))) == 8
+    assert f"skipped {seeds}:4: seed tasks need string fields" in capsys.readouterr().err
+    with pytest.raises(UserError, match=rf"^{seeds}:4: seed tasks need string fields"):
+        read_seeds(str(seeds), strict=True)

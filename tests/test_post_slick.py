@@ -1,9 +1,10 @@
 import pytest
 from post_fixtures import single_thread, tiny_model_dir, write_jsonl  # noqa: F401
 
+from orizuru.errors import UserError
 from orizuru.files import read_jsonl
 from orizuru.post.data import read_instructions
-from orizuru.post.slick import correct, label, slick
+from orizuru.post.slick import correct, label, read_qa, slick
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -18,8 +19,8 @@ def test_labels_follow_the_paper():
 
 def test_slick_labels_rows_resumes_and_sft_can_drop_unknown(tmp_path):
     base = tiny_model_dir(tmp_path / "base")
-    qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": f"{c}の首都は？", "answers": [a]} for c, a in
-                                              [("日本", "東京"), ("フランス", "パリ"), ("イギリス", "ロンドン"), ("ドイツ", "ベルリン"), ("イタリア", "ローマ")]])
+    capitals = [("日本", "東京"), ("フランス", "パリ"), ("イギリス", "ロンドン"), ("ドイツ", "ベルリン"), ("イタリア", "ローマ")]
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": f"{c}の首都は？", "answers": [a]} for c, a in capitals])
     out = tmp_path / "labels.jsonl"
     counts = slick(str(base), str(qa), str(out), shots=2, prompts=2, samples=2, max_new_tokens=4)
     rows = read_jsonl(out)
@@ -33,3 +34,14 @@ def test_slick_labels_rows_resumes_and_sft_can_drop_unknown(tmp_path):
     labelled = write_jsonl(tmp_path / "mixed.jsonl", [{**rows[0], "slick": "Unknown"}, {**rows[1], "slick": "HighlyKnown"}])
     chats, report = read_instructions([labelled], drop_labels=("Unknown",))
     assert len(chats) == 1 and report.dropped == 1 and chats[0][1]["content"] == "パリ"
+
+
+def test_bad_qa_rows_are_skipped_with_file_and_line_or_fatal_when_strict(tmp_path, capsys):
+    qa = write_jsonl(tmp_path / "qa.jsonl", [
+        {"question": "日本の首都は？", "answer": "東京"}, {"question": "答えがない"}, "[1]", {"instruction": "富士山の高さは？", "output": "3776m"},
+    ])
+    assert [q for q, _, _ in read_qa(str(qa))] == ["日本の首都は？", "富士山の高さは？"]
+    err = capsys.readouterr().err
+    assert f"skipped {qa}:2: expected 'question'" in err and f"skipped {qa}:3: expected a JSON object, got list" in err
+    with pytest.raises(UserError, match=rf"^{qa}:2: expected 'question'"):
+        read_qa(str(qa), strict=True)

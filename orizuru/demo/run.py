@@ -104,7 +104,7 @@ def stage_generate(model_dir: Path, prompts: list[str], max_new_tokens: int = 40
     this small falls into loops; a sample at SAMPLING shows what it learned of the language."""
     model = load_model(model_dir).eval()
     tok = Tokenizer.load(model_dir)
-    ids = [tok.encode(p, bos=True) for p in prompts]
+    ids = [tok.encode_prompt(p, model.cfg.max_seq_len - max_new_tokens)[0] for p in prompts]
     greedy = generate(model, ids, max_new_tokens, eos_id=tok.eos_id)
     sampled = generate(model, ids, max_new_tokens, eos_id=tok.eos_id, **SAMPLING)
     return [(p, tok.decode(g), tok.decode(s)) for p, g, s in zip(prompts, greedy, sampled)]

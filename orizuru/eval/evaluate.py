@@ -121,7 +121,7 @@ def _generate(task, template, chunk, exemplars, perm, model, tok, settings, max_
     for ex in chunk:
         choices, order = _shown(ex, perm)
         prompt = render(task, template, ex, exemplars, choices)
-        p_ids, cut = G.encode_prompt(tok, prompt, max_len - max_new, settings.truncate)
+        p_ids, cut = tok.encode_prompt(prompt, max_len - max_new, settings.truncate == "left")
         prompts.append((prompt, order))
         ids.append(p_ids)
         truncated.append(cut)

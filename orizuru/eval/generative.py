@@ -10,20 +10,6 @@ from orizuru.eval import metrics as M
 from orizuru.model.generate import generate
 
 
-def encode_prompt(tokenizer, prompt: str, max_len: int, truncate: str) -> tuple[list[int], int]:
-    """Prompt ids with BOS; left-truncated (keeping BOS) to fit `max_len`, returning the count dropped."""
-    ids = tokenizer.encode(prompt, bos=True)
-    excess = len(ids) - max_len
-    if excess <= 0:
-        return ids, 0
-    if truncate != "left" or max_len < 2:
-        raise UserError(
-            f"prompt of {len(ids)} tokens exceeds the {max_len} the model can take before generating "
-            "(use --truncate left to drop the oldest tokens)"
-        )
-    return ids[:1] + ids[1 + excess :], excess
-
-
 def cut_at_stop(text: str, stop: list[str]) -> str:
     cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
     return text[:cut]

@@ -81,7 +81,7 @@ def judge_prompts(data_dir: Path = DATA_DIR) -> dict[str, dict]:
 # ---------------------------------------------------------------- answers
 
 
-def chat_text(model_dir: Path, messages: list[dict]) -> str:
+def chat_text(model_dir: Path, messages: list[dict], tok: Tokenizer) -> str:
     """The model's own chat template (tokenizer_config.json) if it has one, else a plain Q/A format."""
     cfg_path = model_dir / "tokenizer_config.json"
     template = json.loads(cfg_path.read_text()).get("chat_template") if cfg_path.is_file() else None
@@ -89,7 +89,7 @@ def chat_text(model_dir: Path, messages: list[dict]) -> str:
         import jinja2
 
         env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
-        return env.from_string(template).render(messages=messages, add_generation_prompt=True, bos_token="<s>", eos_token="</s>")
+        return env.from_string(template).render(messages=messages, add_generation_prompt=True, bos_token=tok.bos_token, eos_token=tok.eos_token)
     parts = [f"{'質問' if m['role'] == 'user' else '回答'}：{m['content']}" for m in messages]
     return "\n\n".join(parts) + "\n\n回答："
 
@@ -107,10 +107,7 @@ def generate_answers(model_dir: Path, questions: list[Question], path: Path, max
             messages, answers = [], []
             for turn in q.turns:
                 messages.append({"role": "user", "content": turn})
-                text = chat_text(model_dir, messages)
-                ids = tok.encode(text, bos=not text.startswith("<s>"))
-                room = model.cfg.max_seq_len - max_new_tokens
-                ids = ids[:1] + ids[1:][-(room - 1):] if len(ids) > room else ids
+                ids, _ = tok.encode_prompt(chat_text(model_dir, messages, tok), model.cfg.max_seq_len - max_new_tokens)
                 answer = tok.decode(generate(model, [ids], max_new_tokens, eos_id=stop_ids)[0]).strip()
                 messages.append({"role": "assistant", "content": answer})
                 answers.append(answer)

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from orizuru.errors import UserError
 from orizuru.model.llama import KVCache
 
 
@@ -48,15 +47,8 @@ def encode_pair(tokenizer, context: str, continuation: str, max_len: int | None 
         enc = Encoded(ctx, full[len(ctx) :])
     else:
         enc = Encoded(ctx, tokenizer.encode(continuation), boundary_merge=True)
-    if max_len is not None and len(enc.context) + len(enc.continuation) > max_len:
-        excess = len(enc.context) + len(enc.continuation) - max_len
-        if truncate != "left" or excess > len(enc.context) - 1:
-            raise UserError(
-                f"prompt of {len(enc.context) + len(enc.continuation)} tokens exceeds the model's context of "
-                f"{max_len} (use --truncate left to drop the oldest context tokens)"
-            )
-        enc.context = enc.context[:1] + enc.context[1 + excess :]  # keep BOS, drop the oldest tokens
-        enc.truncated = excess
+    if max_len is not None:  # the continuation is scored whole: the context gives way
+        enc.context, enc.truncated = tokenizer.encode_prompt(enc.context, max_len - len(enc.continuation), truncate == "left")
     return enc
 
 
@@ -74,18 +66,6 @@ def batches(sizes: list[tuple[int, int]], batch_tokens: int, max_batch: int = 64
                 continue
         out.append([i])
     return out
-
-
-def _hidden(model, ids: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Final-norm hidden states: the model's own forward with `lm_head` bypassed, so the
-    vocabulary projection (half the FLOPs of a small model) runs only where a log-probability is
-    needed: the context's last position and the choice tokens."""
-    head = model.lm_head
-    model.lm_head = torch.nn.Identity()
-    try:
-        return model(ids, **kwargs)
-    finally:
-        model.lm_head = head
 
 
 @torch.inference_mode()
@@ -112,13 +92,15 @@ def score(model, requests: list[Encoded], *, batch_tokens: int = 4096, pad_id: i
         mask[:, Lc:] = 1  # choice positions (right padding needs no mask under causal attention)
         mask = mask.to(device)
         cache = KVCache.empty(model.cfg, len(ctx), Lc + Lk, device, model.model.embed_tokens.weight.dtype)
-        last = _hidden(model, ids.to(device), attention_mask=mask[:, :Lc], cache=cache)[:, -1]  # predicts choice token 0
+        # final-norm hidden states only: the vocabulary projection (half the FLOPs of a small model)
+        # runs just where a log-probability is needed, the context's last position and the choice tokens
+        last = model(ids.to(device), attention_mask=mask[:, :Lc], cache=cache, return_hidden=True)[:, -1]  # predicts choice token 0
         # one cache row per choice, then all choices in one batch (right-padded)
         cache = KVCache(cache.k[:, owner].contiguous(), cache.v[:, owner].contiguous(), cache.length)
         cont = torch.full((len(rows), Lk), pad_id, dtype=torch.long)
         for n, i in enumerate(rows):
             cont[n, : len(requests[i].continuation)] = torch.tensor(requests[i].continuation)
-        hidden = _hidden(model, cont.to(device), attention_mask=mask[owner], cache=cache)
+        hidden = model(cont.to(device), attention_mask=mask[owner], cache=cache, return_hidden=True)
         # token j of a choice is predicted at choice position j-1 (j = 0: the context's last position)
         hidden = torch.cat([last[owner, None], hidden[:, :-1]], dim=1)
         lengths = torch.tensor([len(requests[i].continuation) for i in rows], device=device)

@@ -89,7 +89,7 @@ def generate(
     token that is kept, as soon as it is chosen (streaming). `seed` makes sampling repeatable.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
-        raise UserError("generate: every prompt needs at least one token (encode with bos=True)")
+        raise UserError("generate: every prompt needs at least one token (encode it with Tokenizer.encode_prompt)")
     if max_new_tokens < 0:
         raise UserError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
     if temperature < 0:

@@ -198,11 +198,15 @@ class Llama(nn.Module):
         cache: KVCache | None = None,
         loss_reduction: str = "mean",
         last_only: bool = False,
+        return_hidden: bool = False,
     ):
         """Logits (B, T, V), or the cross-entropy loss when `targets` is given (-100 = ignore).
 
         last_only: logits of the last position only, (B, 1, V): all that decoding needs, and
         it spares the vocabulary projection of every prompt token.
+
+        return_hidden: the final-norm hidden states (B, T, dim) instead of logits, for heads other
+        than the LM's (a value or reward head) and for projecting only the positions that need it.
 
         attention_mask: (B, S) with 1 for real tokens and 0 for (left) padding, where S counts the
         cached prefix plus the new tokens. Positions then skip the padding, as in HF.
@@ -236,6 +240,8 @@ class Llama(nn.Module):
         if last_only:
             x = x[:, -1:]
         x = self.model.norm(x)
+        if return_hidden:
+            return x
         logits = self.lm_head(x)
         if targets is None:
             return logits

@@ -1,11 +1,14 @@
-"""Instruction data in the formats people have, turned into chat `messages` lists.
+"""Post-training data in the formats people have, read by one reader into chat `messages` lists.
 
-Readers accept JSONL or a JSON array of rows, each one of:
-- Alpaca: `{"instruction", "input"?, "output", "system"?}`
+Rows come from JSONL or a JSON array. A conversation is one of:
 - OpenAI: `{"messages": [{"role": "system"|"user"|"assistant", "content"}, ...]}`
 - ShareGPT: `{"conversations": [{"from": "system"|"human"|"gpt", "value"}, ...]}`
-A bad row (missing field, wrong type, empty answer) is reported as `file:line: why`; with
-`strict` the first one stops the run, otherwise it is skipped and counted.
+- Alpaca: `{"instruction", "input"?, "output", "system"?}`
+- (prompts only) `{"prompt": "..."}`, an Anthropic HH "\\n\\nHuman: ... \\n\\nAssistant:" dialog split into turns
+Instruction rows (sft) are whole conversations; preference rows (dpo, reward) add `chosen`/`rejected`
+or `completion`/`label` to a prompt; prompt rows (ppo) are prompts. `to_messages` parses and checks
+them all (roles included). A bad row is reported as `file:line: why`: with `strict` the first one
+stops the run, otherwise it is skipped and counted (`read_rows`, which every command reads through).
 
 FLAN-style templates turn task data sets (JCommonsenseQA, JNLI, JSQuAD, NIILC) into instruction
 data, several phrasings per task picked deterministically by row. Evaluation splits are refused by
@@ -17,14 +20,18 @@ from __future__ import annotations
 import json
 import random
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal, TypeVar
 
 from orizuru.config import ConfigError
 from orizuru.errors import UserError
 
+T = TypeVar("T")
+ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 
 
 class BadRow(ValueError):
@@ -73,6 +80,37 @@ def iter_rows(path: str | Path) -> Iterator[tuple[str, object]]:
             yield f"{path}:{lineno}", row
 
 
+def read_rows(paths: list[str | Path], parse: Callable[[dict], T | None], strict: bool) -> tuple[list[T], ReadReport]:
+    """`parse(row)` for every row of the files: the reader all post-training data goes through.
+
+    A row that is not a JSON object, or that `parse` refuses with BadRow, is `file:line: why`: a
+    UserError with `strict`, else skipped, counted in the report and shown on stderr (the first five).
+    `parse` returns None for a good row left out on purpose (counted as dropped).
+    """
+    report, out = ReadReport(), []
+    for path in paths:
+        for where, row in iter_rows(path):
+            report.rows += 1
+            try:
+                if isinstance(row, BadRow):
+                    raise row
+                if not isinstance(row, dict):
+                    raise BadRow(f"expected a JSON object, got {type(row).__name__}")
+                item = parse(row)
+            except BadRow as e:
+                report.note(where, str(e), strict)
+                continue
+            if item is None:
+                report.dropped += 1
+            else:
+                out.append(item)
+    for problem in report.problems[:5]:
+        print(f"skipped {problem}", file=sys.stderr)
+    if report.skipped > 5:
+        print(f"skipped {report.skipped - 5} more bad rows", file=sys.stderr)
+    return out, report
+
+
 def _text(row: dict, key: str, required: bool = True) -> str:
     value = row.get(key, "" if not required else None)
     if value is None:
@@ -82,42 +120,67 @@ def _text(row: dict, key: str, required: bool = True) -> str:
     return value
 
 
-def to_messages(row: object) -> list[dict]:
-    """One row in any supported format -> a validated chat that ends with an assistant answer."""
-    if isinstance(row, BadRow):
-        raise row
-    if not isinstance(row, dict):
-        raise BadRow(f"expected a JSON object, got {type(row).__name__}")
+def _turns(row: dict) -> list[dict]:
+    """OpenAI `messages` [{role, content}] or ShareGPT `conversations` [{from, value}] -> checked turns."""
+    if "messages" in row:
+        key, role_key, content_key, roles = "messages", "role", "content", {r: r for r in ROLES}
+    else:
+        key, role_key, content_key, roles = "conversations", "from", "value", SHAREGPT_ROLES
+    turns = row[key]
+    if not isinstance(turns, list) or not turns:
+        raise BadRow(f"field '{key}' must be a non-empty list")
+    messages = []
+    for i, t in enumerate(turns):
+        if not isinstance(t, dict):
+            raise BadRow(f"{key}[{i}] must be an object")
+        role = t.get(role_key)
+        if role not in roles:
+            raise BadRow(f"{key}[{i}]: unknown role {role!r} (expected {', '.join(roles)})")
+        if not isinstance(t.get(content_key), str):
+            raise BadRow(f"{key}[{i}]: {content_key} must be a string")
+        messages.append({"role": roles[role], "content": t[content_key]})
+    return messages
+
+
+def _prompt_turns(prompt: str) -> list[dict]:
+    """A prompt string as one user turn, or an HH dialog's turns (empty ones, like the final "Assistant:", left out)."""
+    if not prompt.strip():
+        raise BadRow("empty 'prompt'")
+    parts = HH_TURN.split(prompt)
+    if len(parts) < 3:
+        return [{"role": "user", "content": prompt}]
+    turns = [{"role": "user" if who == "Human" else "assistant", "content": text.strip()} for who, text in zip(parts[1::2], parts[2::2])]
+    turns = [t for t in turns if t["content"]]
+    if not turns:
+        raise BadRow("empty 'prompt'")
+    return turns
+
+
+def to_messages(row: dict, prompt: bool = False) -> list[dict]:
+    """One row in any supported format -> checked chat turns: the one parser every reader uses.
+
+    By default the whole conversation, which must end with an assistant answer (instruction rows).
+    With `prompt`, the turns an answer is wanted for, which must end with a user turn (preference
+    and PPO rows, whose answers live in other fields; an Alpaca `output` is not part of it).
+    """
     if "messages" in row or "conversations" in row:
-        key = "messages" if "messages" in row else "conversations"
-        turns = row[key]
-        if not isinstance(turns, list) or not turns:
-            raise BadRow(f"field '{key}' must be a non-empty list")
-        messages = []
-        for i, t in enumerate(turns):
-            if not isinstance(t, dict):
-                raise BadRow(f"{key}[{i}] must be an object")
-            if key == "messages":
-                role, content = t.get("role"), t.get("content")
-            else:
-                role, content = SHAREGPT_ROLES.get(t.get("from")), t.get("value")
-            if role not in ("system", "user", "assistant"):
-                raise BadRow(f"{key}[{i}]: unknown role {t.get('role', t.get('from'))!r}")
-            if not isinstance(content, str):
-                raise BadRow(f"{key}[{i}]: content must be a string")
-            messages.append({"role": role, "content": content})
+        messages = _turns(row)
+    elif prompt and "prompt" in row:
+        messages = _prompt_turns(_text(row, "prompt"))
     elif "instruction" in row or "output" in row:
-        instruction, output = _text(row, "instruction"), _text(row, "output")
-        extra, system = _text(row, "input", required=False), _text(row, "system", required=False)
+        instruction, extra, system = _text(row, "instruction"), _text(row, "input", required=False), _text(row, "system", required=False)
         if not instruction.strip():
             raise BadRow("empty 'instruction'")
-        user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-        messages = ([{"role": "system", "content": system}] if system.strip() else [])
-        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+        messages = [{"role": "system", "content": system}] if system.strip() else []
+        messages.append({"role": "user", "content": f"{instruction}\n\n{extra}" if extra.strip() else instruction})
+        if not prompt:
+            messages.append({"role": "assistant", "content": _text(row, "output")})
+    elif prompt:
+        raise BadRow("expected 'messages', 'conversations', 'prompt' or 'instruction' fields")
     else:
         raise BadRow("expected 'messages', 'conversations' or 'instruction'/'output' fields")
-    if messages[-1]["role"] != "assistant":
-        raise BadRow("the conversation must end with an assistant turn")
+    if messages[-1]["role"] != ("user" if prompt else "assistant"):
+        raise BadRow("a prompt must end with a user turn" if prompt else "the conversation must end with an assistant turn")
     if any(m["role"] == "assistant" and not m["content"].strip() for m in messages):
         raise BadRow("empty assistant response")
     return messages
@@ -128,18 +191,19 @@ def read_instructions(paths: list[str | Path], strict: bool = False, drop_labels
 
     Rows whose `slick` field (written by `orizuru slick`) is in `drop_labels` are left out and counted.
     """
-    report, out = ReadReport(), []
-    for path in paths:
-        for where, row in iter_rows(path):
-            report.rows += 1
-            if isinstance(row, dict) and row.get("slick") in drop_labels:
-                report.dropped += 1
-                continue
-            try:
-                out.append(to_messages(row))
-            except BadRow as e:
-                report.note(where, str(e), strict)
-    return out, report
+    return read_rows(paths, lambda row: None if row.get("slick") in drop_labels else to_messages(row), strict)
+
+
+def read_prompts(paths: list[str | Path], strict: bool, needs: tuple[str, ...] = ()) -> tuple[list[tuple[list[dict], dict]], ReadReport]:
+    """(prompt turns, row) for every good prompt row (PPO); `needs`: fields each row must also have."""
+
+    def parse(row: dict) -> tuple[list[dict], dict]:
+        for key in needs:
+            if key not in row:
+                raise BadRow(f"missing field '{key}'")
+        return to_messages(row, prompt=True), row
+
+    return read_rows(paths, parse, strict)
 
 
 # ---------------------------------------------------------------- FLAN-style task templates
@@ -210,41 +274,18 @@ def flan_messages(task: str, path: str | Path, seed: int = 0, strict: bool = Fal
     if any(w in stem for w in EVAL_SPLIT_WORDS):
         raise UserError(f"{path}: looks like an evaluation split; FLAN data must come from train splits only")
     rng = random.Random(seed)
-    report, out = ReadReport(), []
-    for where, row in iter_rows(path):
-        report.rows += 1
+
+    def parse(row: dict) -> list[dict]:
         try:
-            if isinstance(row, BadRow):
-                raise row
             question, answer = TASKS[task](row, rng.randrange(1 << 30))
-        except (BadRow, KeyError, IndexError, TypeError) as e:
-            report.note(where, f"not a {task} row ({e.__class__.__name__}: {e})", strict)
-            continue
-        out.append([{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
-    return out, report
+        except (KeyError, IndexError, TypeError) as e:
+            raise BadRow(f"not a {task} row ({e.__class__.__name__}: {e})") from None
+        return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+    return read_rows([path], parse, strict)
 
 
-HH_TURN = re.compile(r"\n\n(Human|Assistant):")
-
-
-def prompt_messages(row: dict) -> list[dict]:
-    """`messages` list, or a prompt string (Anthropic HH "\\n\\nHuman: ... \\n\\nAssistant:" dialogs are split into turns)."""
-    if "messages" in row:
-        msgs = row["messages"]
-        if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs):
-            raise BadRow("field 'messages' must be a non-empty list of {role, content}")
-        return [{"role": m.get("role"), "content": m["content"]} for m in msgs]
-    if "instruction" in row and "prompt" not in row:  # Alpaca rows as prompts (PPO)
-        extra = row.get("input") or ""
-        return [{"role": "user", "content": f"{row['instruction']}\n\n{extra}" if extra else row["instruction"]}]
-    prompt = row.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise BadRow("missing or empty 'prompt' (or 'messages')")
-    parts = HH_TURN.split(prompt)
-    if len(parts) < 3:
-        return [{"role": "user", "content": prompt}]
-    turns = [{"role": "user" if who == "Human" else "assistant", "content": text.strip()} for who, text in zip(parts[1::2], parts[2::2])]
-    return [t for t in turns if t["content"]] if turns[-1]["role"] == "assistant" else turns
+# ---------------------------------------------------------------- preference rows
 
 
 def _answer(row: dict, key: str) -> str:
@@ -270,30 +311,23 @@ class Unpaired:
     desirable: bool
 
 
+def preference(row: dict) -> Pair | Unpaired:
+    """A prompt row plus {chosen, rejected} (paired) or {completion, label} (unpaired, for KTO)."""
+    prompt = to_messages(row, prompt=True)
+    if "completion" in row:
+        if not isinstance(row.get("label"), bool):
+            raise BadRow("unpaired rows need a true/false 'label'")
+        return Unpaired(prompt, _answer(row, "completion"), row["label"])
+    chosen, rejected = _answer(row, "chosen"), _answer(row, "rejected")
+    if chosen == rejected:
+        raise BadRow("'chosen' and 'rejected' are identical (no preference to learn)")
+    return Pair(prompt, chosen, rejected)
+
+
 def read_preferences(paths: list[str], strict: bool) -> tuple[list[Pair], list[Unpaired], ReadReport]:
-    """Paired rows {prompt|messages, chosen, rejected} and unpaired {prompt|messages, completion, label}."""
-    pairs, singles, report = [], [], ReadReport()
-    for path in paths:
-        for where, row in iter_rows(path):
-            report.rows += 1
-            try:
-                if isinstance(row, BadRow):
-                    raise row
-                if not isinstance(row, dict):
-                    raise BadRow("expected a JSON object")
-                prompt = prompt_messages(row)
-                if "completion" in row:
-                    if not isinstance(row.get("label"), bool):
-                        raise BadRow("unpaired rows need a true/false 'label'")
-                    singles.append(Unpaired(prompt, _answer(row, "completion"), row["label"]))
-                    continue
-                chosen, rejected = _answer(row, "chosen"), _answer(row, "rejected")
-                if chosen == rejected:
-                    raise BadRow("'chosen' and 'rejected' are identical (no preference to learn)")
-                pairs.append(Pair(prompt, chosen, rejected))
-            except BadRow as e:
-                report.note(where, str(e), strict)
-    return pairs, singles, report
+    """The paired and the unpaired rows of the files (dpo, reward), and the read report."""
+    rows, report = read_rows(paths, preference, strict)
+    return [r for r in rows if isinstance(r, Pair)], [r for r in rows if isinstance(r, Unpaired)], report
 
 
 @dataclass

@@ -147,8 +147,6 @@ def dpo(cfg: DPOConfig) -> dict:
     torch.manual_seed(cfg.train.seed)
     d, o = cfg.data, cfg.dpo
     pairs, singles, report = read_preferences(d.train, d.strict)
-    for problem in report.problems[:5]:
-        print(f"skipped {problem}", file=sys.stderr)
     kto = o.loss == "kto"
     if not kto and singles:
         raise UserError(f"{', '.join(d.train)}: {len(singles)} unpaired rows ({{completion, label}}) need dpo.loss = 'kto'")
@@ -242,7 +240,8 @@ def dpo(cfg: DPOConfig) -> dict:
         before = {f"val_{k}": round(v, 6) for k, v in evaluate().items()}
     last = run_steps("dpo", model, cfg.train, run_dir, micro, evaluate, device, amp)
     save_chat_model(model, run_dir / "model", tok)
-    summary = {"loss": o.loss, "beta": o.beta, "step": cfg.train.max_steps, **counts, "before": before, "after": {k: v for k, v in last.items() if k.startswith("val_")}}
+    after = {k: v for k, v in last.items() if k.startswith("val_")}
+    summary = {"loss": o.loss, "beta": o.beta, "step": cfg.train.max_steps, **counts, "before": before, "after": after}
     write_json(run_dir / "summary.json", summary)
     return summary
 

@@ -48,8 +48,8 @@ def save_chat_model(model, directory: str | Path, tok: Tokenizer) -> None:
 def sample_answers(model_dir: str | Path, questions: list[str], max_new_tokens: int = 48) -> list[str]:
     """Greedy chat answers of a model directory (for before/after comparisons in reports)."""
     model, tok = load_model(model_dir).eval(), Tokenizer.load(model_dir)
-    limit = model.cfg.max_seq_len - max_new_tokens
-    prompts = [prompt_ids(tok, [{"role": "user", "content": q}])[-limit:] for q in questions]
+    room = model.cfg.max_seq_len - max_new_tokens
+    prompts = [tok.encode_prompt(prompt_ids(tok, [{"role": "user", "content": q}]), room)[0] for q in questions]
     outs = generate(model, prompts, max_new_tokens, eos_id=[stop_id(tok), tok.eos_id])
     return [tok.decode(o).strip() for o in outs]
 

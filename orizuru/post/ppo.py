@@ -29,7 +29,7 @@ from orizuru.errors import UserError
 from orizuru.files import write_json
 from orizuru.model.generate import generate
 from orizuru.post.chat import prompt_ids, stop_id
-from orizuru.post.data import BadRow, iter_rows, prompt_messages
+from orizuru.post.data import read_prompts
 from orizuru.post.finetune import Seq, answer_seq, load_base, pad_batch, save_chat_model, token_logps
 from orizuru.post.reward import load_reward_model, scores
 from orizuru.runtime import setup_device
@@ -45,12 +45,12 @@ def add_value_head(policy: nn.Module) -> None:
     """
     policy.value_head = nn.Linear(policy.cfg.dim, 1, bias=False, device=policy.lm_head.weight.device)
     nn.init.zeros_(policy.value_head.weight)
-    policy.model.norm.register_forward_hook(lambda _m, _i, out: setattr(policy, "last_hidden", out))
 
 
 def logits_and_values(policy: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = policy(x)
-    return logits, policy.value_head(policy.last_hidden)[..., 0].float()
+    """One pass of the decoder feeds both heads: the LM head's logits and the value head's values."""
+    hidden = policy(x, return_hidden=True)
+    return policy.lm_head(hidden), policy.value_head(hidden)[..., 0].float()
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,7 +138,8 @@ class PPOOptions:
 
 @dataclass
 class PPOData:
-    prompts: list[str] = field(default_factory=list)  # JSONL/JSON rows {prompt|messages, answer?}
+    prompts: list[str] = field(default_factory=list)  # JSONL/JSON prompt rows (see data.py), plus 'answer' for a rule
+    strict: bool = False  # stop at the first bad row instead of skipping it
 
     def validate(self) -> None:
         if not self.prompts:
@@ -168,25 +169,6 @@ class PPOConfig:
     run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/ppo"))
 
 
-def read_prompts(paths: list[str], needs_answer: bool) -> list[tuple[list[dict], dict]]:
-    out = []
-    for path in paths:
-        for where, row in iter_rows(path):
-            try:
-                if isinstance(row, BadRow):
-                    raise row
-                if not isinstance(row, dict):
-                    raise BadRow("expected a JSON object")
-                if needs_answer and "answer" not in row:
-                    raise BadRow("the rule-based reward needs an 'answer' field")
-                out.append((prompt_messages(row), row))
-            except BadRow as e:
-                raise UserError(f"{where}: {e}") from None
-    if not out:
-        raise UserError(f"{', '.join(paths)}: no prompts")
-    return out
-
-
 # ---------------------------------------------------------------- the loop
 
 
@@ -194,7 +176,9 @@ def ppo(cfg: PPOConfig) -> dict:
     device, amp = setup_device(cfg.train.dtype)
     torch.manual_seed(cfg.train.seed)
     o, tcfg = cfg.ppo, cfg.train
-    prompts = read_prompts(cfg.data.prompts, o.rule is not None)
+    prompts, report = read_prompts(cfg.data.prompts, cfg.data.strict, needs=("answer",) if o.rule else ())
+    if not prompts:
+        raise UserError(f"{', '.join(cfg.data.prompts)}: no usable prompts ({report.rows} read, {report.skipped} skipped)")
     policy, tok = load_base(cfg.model, device)
     ref, _ = load_base(cfg.reference or cfg.model, device)
     ref.eval().requires_grad_(False)
@@ -228,8 +212,8 @@ def ppo(cfg: PPOConfig) -> dict:
             group["lr"] = lr
         rng = random.Random(tcfg.seed * 7919 + step)
         batch = [prompts[rng.randrange(len(prompts))] for _ in range(o.rollout_batch)]
-        full = [prompt_ids(tok, m) for m, _ in batch]
-        p_ids = [p[-max_prompt:] for p in full]  # keep the end of an over-long prompt (counted below)
+        encoded = [tok.encode_prompt(prompt_ids(tok, m), max_prompt) for m, _ in batch]  # over-long: BOS + the end
+        p_ids = [ids for ids, _ in encoded]
 
         # rollout: sample, score, and freeze log-probs / values / rewards
         policy.eval()
@@ -276,7 +260,7 @@ def ppo(cfg: PPOConfig) -> dict:
             "score": round(scores_.mean().item(), 6),
             "kl": round(kl.sum(1).mean().item(), 6),
             "answer_tokens": round(mask.sum(1).mean().item(), 2),
-            "prompts_truncated": sum(len(p) > max_prompt for p in full),
+            "prompts_truncated": sum(cut > 0 for _, cut in encoded),
             **{k: round(v / n_updates, 6) for k, v in stats.items()},
             "lr": lr,
             "seconds": round(time.perf_counter() - t0, 3),
@@ -290,7 +274,7 @@ def ppo(cfg: PPOConfig) -> dict:
     bar.close()
     del policy.value_head
     save_chat_model(policy, run_dir / "model", tok)
-    summary = {"step": tcfg.max_steps, **{k: last[k] for k in ("score", "kl") if k in last}}
+    summary = {"step": tcfg.max_steps, "rows": report.rows, "skipped": report.skipped, **{k: last[k] for k in ("score", "kl") if k in last}}
     write_json(run_dir / "summary.json", summary)
     return summary
 

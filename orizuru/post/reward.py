@@ -1,6 +1,6 @@
 """`orizuru reward`: a Bradley-Terry reward model (InstructGPT step 2).
 
-The LM's output projection is swapped for a scalar head, r(x, y) = w . h_last (the final hidden
+The LM's output projection gives way to a scalar head, r(x, y) = w . h_last (the final hidden
 state of the last token), trained with -log sigmoid(r(x, y_w) - r(x, y_l)) on preference pairs.
 Saved as an HF `LlamaForSequenceClassification` directory (`score.weight`, num_labels = 1), which
 transformers loads and scores identically (it pools the last non-padding token, as we do).
@@ -45,30 +45,32 @@ from orizuru.train.config import RunConfig
 
 
 def to_reward_model(model: Llama, seed: int = 0) -> Llama:
-    """Replace the LM head by a 1-output linear head (small random init, as HF initializes `score`)."""
+    """HF's LlamaForSequenceClassification layout: the decoder (`model.*`) and a 1-output `score` head on
+    its final hidden states, in place of the LM head (small random init, as HF initializes `score`)."""
     g = torch.Generator().manual_seed(seed)
     head = nn.Linear(model.cfg.dim, 1, bias=False)
     with torch.no_grad():
         head.weight.copy_(torch.randn(1, model.cfg.dim, generator=g) * model.cfg.init_std)
+    del model.lm_head  # tied or not, the embeddings stay with the decoder
     model.cfg.tie_embeddings = False
-    model.lm_head = head.to(model.model.embed_tokens.weight.device)
+    model.score = head.to(model.model.embed_tokens.weight.device)
     return model
 
 
 def scores(model: Llama, seqs: list[Seq], pad_id: int, device) -> torch.Tensor:
-    """r(x, y) per sequence: the head's output at each sequence's last token."""
+    """r(x, y) per sequence: the score head on each sequence's last hidden state."""
     x, _ = pad_batch([Seq(s.ids + [pad_id], s.mask + [0]) for s in seqs], pad_id, device)
     last = torch.tensor([len(s.ids) - 1 for s in seqs], device=device)
-    out = model(x)[..., 0]
-    return out[torch.arange(len(seqs), device=device), last].float()
+    hidden = model(x, return_hidden=True)[torch.arange(len(seqs), device=device), last]
+    return model.score(hidden)[:, 0].float()
 
 
 def save_reward_model(model: Llama, directory: str | Path, tok: Tokenizer) -> None:
-    """HF LlamaForSequenceClassification directory (atomic)."""
+    """HF LlamaForSequenceClassification directory (atomic); the parameter names are already HF's."""
     ids = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
     config = model_config_to_hf(model.cfg, torch.float32, ids)
     config.update(architectures=["LlamaForSequenceClassification"], num_labels=1, tie_word_embeddings=False, id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
-    state = {("score.weight" if k == "lm_head.weight" else k): v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_dir(directory) as tmp:
         write_json(tmp / "config.json", config)
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -82,9 +84,7 @@ def load_reward_model(directory: str | Path, device="cpu") -> tuple[Llama, Token
         raise UserError(f"{directory}/config.json: not a reward model (expected architectures ['LlamaForSequenceClassification'])")
     cfg = model_config_from_hf({**hf, "architectures": ["LlamaForCausalLM"]}, str(directory / "config.json"))
     model = to_reward_model(Llama(cfg))
-    state = load_state(directory)
-    state["lm_head.weight"] = state.pop("score.weight")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(load_state(directory), strict=True)
     return model.to(device).eval(), Tokenizer.load(directory)
 
 
@@ -102,8 +102,8 @@ def train_reward(cfg: RewardConfig) -> dict:
     torch.manual_seed(cfg.train.seed)
     d = cfg.data
     pairs, singles, report = read_preferences(d.train, d.strict)
-    for problem in report.problems[:5]:
-        print(f"skipped {problem}", file=sys.stderr)
+    if singles:
+        raise UserError(f"{', '.join(d.train)}: {len(singles)} unpaired rows ({{completion, label}}); a Bradley-Terry reward model needs pairs")
     if not pairs:
         raise UserError(f"{', '.join(d.train)}: no usable preference pairs ({report.rows} read, {report.skipped} skipped)")
     if d.val:
@@ -161,7 +161,10 @@ def train_reward(cfg: RewardConfig) -> dict:
         before = evaluate()
     last = run_steps("reward", model, cfg.train, run_dir, micro, evaluate, device, amp)
     save_reward_model(model, run_dir / "model", tok)
-    summary = {"step": cfg.train.max_steps, **counts, "val_accuracy_before": before.get("accuracy"), "val_accuracy": last.get("val_accuracy"), "val_loss": last.get("val_loss")}
+    summary = {
+        "step": cfg.train.max_steps, **counts,
+        "val_accuracy_before": before.get("accuracy"), "val_accuracy": last.get("val_accuracy"), "val_loss": last.get("val_loss"),
+    }
     write_json(run_dir / "summary.json", summary)
     return summary
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from orizuru.errors import UserError
 from orizuru.files import append_jsonl, read_jsonl
-from orizuru.post.data import iter_rows
+from orizuru.post.data import BadRow, read_rows
 
 # tasks a text-only model cannot do (the paper's filter list, in Japanese)
 BLOCKLIST = ["画像", "写真", "グラフ", "図を", "絵を", "動画", "音声", "ファイル", "地図"]
@@ -113,12 +113,15 @@ def parse_instance(text: str, classification: bool) -> tuple[str, str] | None:
     return (inp, output) if output else None
 
 
-def read_seeds(path: str) -> list[dict]:
-    seeds = []
-    for where, row in iter_rows(path):
-        if not isinstance(row, dict) or not isinstance(row.get("instruction"), str) or not isinstance(row.get("output"), str):
-            raise UserError(f"{where}: seed tasks need string fields 'instruction' and 'output'")
-        seeds.append({"instruction": row["instruction"], "input": row.get("input") or "", "output": row["output"], "is_classification": bool(row.get("is_classification"))})
+def seed_task(row: dict) -> dict:
+    instruction, inp, output = row.get("instruction"), row.get("input") or "", row.get("output")
+    if not all(isinstance(v, str) for v in (instruction, inp, output)):
+        raise BadRow("seed tasks need string fields 'instruction' and 'output' (and 'input', if any)")
+    return {"instruction": instruction, "input": inp, "output": output, "is_classification": bool(row.get("is_classification"))}
+
+
+def read_seeds(path: str, strict: bool = False) -> list[dict]:
+    seeds, _ = read_rows([path], seed_task, strict)
     if len(seeds) < 8:
         raise UserError(f"{path}: need at least 8 seed tasks, got {len(seeds)}")
     return seeds
@@ -137,12 +140,13 @@ def self_instruct(
     max_tokens: int = 1024,
     seed: int = 0,
     max_requests: int | None = None,
+    strict: bool = False,
 ) -> dict:
     """Generate until `out_path` holds `num` instructions; returns counts of kept and filtered ones."""
     from openai import OpenAI
 
     client = OpenAI(base_url=base_url, api_key=api_key, max_retries=2)
-    seeds = read_seeds(seed_path)
+    seeds = read_seeds(seed_path, strict)
     done = read_jsonl(out_path) if Path(out_path).exists() else []
     pool = [s["instruction"] for s in seeds] + [d["instruction"] for d in done]
     rng = random.Random(seed + len(done))
@@ -173,11 +177,15 @@ def self_instruct(
                 counts["similar"] += 1
                 continue
             classification = ask(classification_prompt(rng.sample(seeds, 6), inst), 0.0).strip().startswith("はい")
-            instance = parse_instance(ask(instance_prompt(rng.sample([s for s in seeds if s["is_classification"] == classification] or seeds, 3), inst, classification), 0.0), classification)
+            alike = [s for s in seeds if s["is_classification"] == classification] or seeds
+            instance = parse_instance(ask(instance_prompt(rng.sample(alike, 3), inst, classification), 0.0), classification)
             if instance is None:
                 counts["bad_instance"] += 1
                 continue
-            row = {"instruction": inst, "input": instance[0], "output": instance[1], "is_classification": classification, "most_similar": similar, "rouge_l": round(score, 4)}
+            row = {
+                "instruction": inst, "input": instance[0], "output": instance[1], "is_classification": classification,
+                "most_similar": similar, "rouge_l": round(score, 4),
+            }
             append_jsonl(out_path, row)
             done.append(row)
             pool.append(inst)

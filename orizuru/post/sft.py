@@ -87,10 +87,7 @@ class SFTConfig:
 
 def read_chats(d: SFTData, files: list[str]) -> tuple[list[list[dict]], dict]:
     chats, report = read_instructions(files, strict=d.strict, drop_labels=("Unknown",) if d.drop_unknown else ())
-    counts = {"rows": report.rows, "skipped": report.skipped, "dropped_unknown": report.dropped}
-    for problem in report.problems[:5]:
-        print(f"skipped {problem}", file=sys.stderr)
-    return chats, counts
+    return chats, {"rows": report.rows, "skipped": report.skipped, "dropped_unknown": report.dropped}
 
 
 def load_examples(cfg: SFTConfig, tok) -> tuple[list[Seq], list[Seq], dict]:
@@ -149,7 +146,8 @@ def sft(cfg: SFTConfig) -> dict:
 
     last = run_steps("sft", model, cfg.train, run_dir, micro, evaluate, device, amp)
     if cfg.lora.rank:
-        save_adapter(model, run_dir / "adapter", rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=cfg.lora.targets, dropout=cfg.lora.dropout, base_model=cfg.model)
+        lora = cfg.lora
+        save_adapter(model, run_dir / "adapter", rank=lora.rank, alpha=lora.alpha, targets=lora.targets, dropout=lora.dropout, base_model=cfg.model)
         merge_lora(model)
     save_chat_model(model, run_dir / "model", tok)
     summary = {"step": cfg.train.max_steps, "epochs": cfg.schedule.epochs, **counts, **{k: last[k] for k in ("loss", "val_loss") if k in last}}

@@ -28,7 +28,7 @@ from orizuru.errors import UserError
 from orizuru.files import append_jsonl, read_jsonl
 from orizuru.model.checkpoint import load_model
 from orizuru.model.generate import generate
-from orizuru.post.data import iter_rows
+from orizuru.post.data import BadRow, read_rows
 from orizuru.tokenizer.tokenizer import Tokenizer
 
 LABELS = ("HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown")
@@ -51,18 +51,18 @@ def correct(prediction: str, answers: list[str]) -> bool:
     return any(a and a in p for a in map(normalize, answers))
 
 
-def read_qa(path: str) -> list[tuple[str, list[str], dict]]:
-    """(question, gold answers, row) from {question, answer|answers} or {instruction, output} rows."""
-    out = []
-    for where, row in iter_rows(path):
-        if not isinstance(row, dict):
-            raise UserError(f"{where}: expected a JSON object")
-        question = row.get("question", row.get("instruction"))
-        answers = row.get("answers", row.get("answer", row.get("output")))
-        answers = [answers] if isinstance(answers, (str, int, float)) else answers
-        if not isinstance(question, str) or not question.strip() or not isinstance(answers, list) or not answers:
-            raise UserError(f"{where}: expected 'question' (or 'instruction') and 'answer'/'answers' (or 'output')")
-        out.append((question.strip(), [str(a) for a in answers], row))
+def qa_row(row: dict) -> tuple[str, list[str], dict]:
+    """(question, gold answers, row) from a {question, answer|answers} or {instruction, output} row."""
+    question = row.get("question", row.get("instruction"))
+    answers = row.get("answers", row.get("answer", row.get("output")))
+    answers = [answers] if isinstance(answers, (str, int, float)) else answers
+    if not isinstance(question, str) or not question.strip() or not isinstance(answers, list) or not answers:
+        raise BadRow("expected 'question' (or 'instruction') and 'answer'/'answers' (or 'output')")
+    return question.strip(), [str(a) for a in answers], row
+
+
+def read_qa(path: str, strict: bool = False) -> list[tuple[str, list[str], dict]]:
+    out, _ = read_rows([path], qa_row, strict)
     if len(out) < 2:
         raise UserError(f"{path}: need at least 2 rows (the others serve as few-shot exemplars)")
     return out
@@ -73,9 +73,25 @@ def few_shot(exemplars: list[tuple[str, list[str], dict]], question: str) -> str
     return f"{shots}質問: {question}\n答え:"
 
 
-def slick(model_dir: str, data: str, out: str, *, shots: int = 4, prompts: int = 4, samples: int = 8, temperature: float = 0.5, max_new_tokens: int = 32, seed: int = 0, device: str = "cpu") -> dict:
-    """Label every row of `data` into `out` (continuing a partial `out`); returns the label counts."""
-    rows = read_qa(data)
+def slick(
+    model_dir: str,
+    data: str,
+    out: str,
+    *,
+    shots: int = 4,
+    prompts: int = 4,
+    samples: int = 8,
+    temperature: float = 0.5,
+    max_new_tokens: int = 32,
+    seed: int = 0,
+    device: str = "cpu",
+    strict: bool = False,
+) -> dict:
+    """Label every row of `data` into `out` (continuing a partial `out`); returns the label counts.
+
+    A bad row of `data` is skipped and shown with its file:line, or with `strict` stops the run.
+    """
+    rows = read_qa(data, strict)
     done = read_jsonl(out) if Path(out).exists() else []
     model = load_model(model_dir, device=device).eval()
     tok = Tokenizer.load(model_dir)
@@ -85,15 +101,19 @@ def slick(model_dir: str, data: str, out: str, *, shots: int = 4, prompts: int =
         rng = random.Random(seed * 1_000_003 + i)
         others = [r for j, r in enumerate(rows) if j != i]
         texts = [few_shot(rng.sample(others, min(shots, len(others))), question) for _ in range(prompts)]
-        ids = [tok.encode(t, bos=True)[-(model.cfg.max_seq_len - max_new_tokens) :] for t in texts]
+        ids = [tok.encode_prompt(t, model.cfg.max_seq_len - max_new_tokens)[0] for t in texts]
         with torch.no_grad():
-            greedy = generate(model, ids, max_new_tokens, eos_id=tok.eos_id, stop_strings=["\n"], tokenizer=tok)
-            sampled = generate(model, [ids[k % len(ids)] for k in range(samples)], max_new_tokens, temperature=temperature, eos_id=tok.eos_id, stop_strings=["\n"], tokenizer=tok, seed=seed + i)
+            stop = dict(eos_id=tok.eos_id, stop_strings=["\n"], tokenizer=tok)
+            greedy = generate(model, ids, max_new_tokens, **stop)
+            sampled = generate(model, [ids[k % len(ids)] for k in range(samples)], max_new_tokens, temperature=temperature, seed=seed + i, **stop)
         p_greedy = sum(correct(tok.decode(g), answers) for g in greedy) / len(greedy)
         p_sample = sum(correct(tok.decode(s), answers) for s in sampled) / max(1, len(sampled))
         name = label(p_greedy, p_sample)
         counts[name] += 1
-        append_jsonl(out, {**row, "instruction": row.get("instruction", question), "output": row.get("output", answers[0]), "slick": name, "p_greedy": p_greedy, "p_sample": p_sample, "greedy_answer": tok.decode(greedy[0]).strip()})
+        append_jsonl(out, {
+            **row, "instruction": row.get("instruction", question), "output": row.get("output", answers[0]),
+            "slick": name, "p_greedy": p_greedy, "p_sample": p_sample, "greedy_answer": tok.decode(greedy[0]).strip(),
+        })
     return {k: counts.get(k, 0) for k in LABELS}
 
 

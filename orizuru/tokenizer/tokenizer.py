@@ -199,6 +199,31 @@ class Tokenizer:
     def encode(self, text: str, bos: bool = False) -> list[int]:
         return self.hf.encode(text, add_special_tokens=bos).ids
 
+    def encode_prompt(self, prompt: str | list[int], max_len: int, truncate: bool = True) -> tuple[list[int], int]:
+        """A prompt's ids with BOS first, exactly once, in at most `max_len` tokens: (ids, tokens dropped).
+
+        The one prompt encoder of every stage that generates or scores from a prompt. A text is
+        encoded as in training (BOS first, as LLaMA and the chat template expect); ids (a rendered
+        chat, which starts with BOS) are taken as they are. A text that renders BOS itself (a chat
+        template's `{{ bos_token }}`) is not given a second one. Too long: the oldest tokens after
+        BOS are dropped, or with `truncate=False` it is a UserError with the counts.
+        """
+        ids = self.encode(prompt, bos=True) if isinstance(prompt, str) else list(prompt)
+        bos = self.bos_id
+        if ids[:2] == [bos, bos]:  # the text began with BOS itself
+            ids = ids[1:]
+        elif ids[:1] != [bos]:  # ids without it, or a tokenizer whose post-processor adds none
+            ids = [bos] + ids
+        excess = len(ids) - max_len
+        if excess <= 0:
+            return ids, 0
+        if not truncate or max_len < 1:
+            raise UserError(
+                f"prompt of {len(ids)} tokens exceeds the model's context: {max(max_len, 0)} tokens are left for it"
+                + (" (allow left truncation to drop its oldest tokens)" if max_len >= 1 else "")
+            )
+        return ids[:1] + ids[1 + excess :], excess
+
     def encode_batch(self, texts: list[str], bos: bool = False) -> list[list[int]]:
         return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=bos)]
 
