@@ -364,10 +364,10 @@ def command_parser(cls: type, prog: str | None = None, description: str | None =
         help=f"TOML file of {'the ' + stage.name if stage else 'this'} config (a shipped one by name, e.g. configs/"
         f"{default_file or 'NAME.toml'}); --set and flags override it" + (f" (default: {default_file})" if default_file else ""),
     )
-    parser.add_argument("--set", metavar="KEY=VALUE", action=_Record, dest="_items", root=root, stage=stage_cls,
-                        help="set a config key (the value parses as TOML, else is text), e.g. train.lr=3e-4; repeatable")
+    set_ = parser.add_argument("--set", metavar="KEY=VALUE", action=_Record, dest="_items", root=root, stage=stage_cls)
     flags: dict[tuple[str, ...], tuple[str, Any]] = {}
     positionals: list[str] = []
+    examples: list[tuple[tuple[str, ...], Any]] = []  # (key, default) of the optional leaves, for --set's help
 
     def add(klass: type, path: tuple[str, ...], shown: tuple[str, ...], defaults: Any, group) -> None:
         hints, docs = typing.get_type_hints(klass), field_docs(klass)
@@ -386,6 +386,8 @@ def command_parser(cls: type, prog: str | None = None, description: str | None =
                 required, positional = default is dataclasses.MISSING, f.metadata.get("positional", False)
                 help_ = docs.get(f.name, "") + (" (required)" if required else f" (default: {_show(default)})")
                 _add_flag(group, (*shown, f.name), key, tp, help_, required, positional)
+                if not required:
+                    examples.append((key, default))
                 if positional:
                     positionals.append(f.name.upper() + ("..." if _list_item(tp) is not None else ""))
 
@@ -393,6 +395,8 @@ def command_parser(cls: type, prog: str | None = None, description: str | None =
     for name, target in (aliases or {}).items():
         flag, tp = flags[(*root, *target.split("."))]
         _add_flag(parser, (name,), (*root, *target.split(".")), tp, f"same as {flag}", False, False)
+    example = next((f"{'.'.join(k[len(root):])}={_show(d)}" for k, d in examples if d is not None), "KEY=VALUE")
+    set_.help = f"set a config key (the value parses as TOML, else is text), e.g. {example}; repeatable".replace("%", "%%")
     parser.usage = " ".join(["%(prog)s [--config FILE] [--set KEY=VALUE] [--KEY VALUE ...]", *positionals])
     return parser
 
