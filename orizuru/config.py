@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import inspect
 import io
+import json
 import textwrap
 import tokenize
 import tomllib
@@ -319,9 +320,20 @@ def _type_at(cls: type, path: list[str] | tuple[str, ...]) -> Any:
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, str) or value is None:
-        return str(value)
-    return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
+    """A default as --help shows it: text as is, anything else as TOML on one line."""
+    return str(value) if isinstance(value, str) or value is None else _toml(value)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(_toml, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    return repr(value)
 
 
 class _Record(argparse.Action):
@@ -380,7 +392,7 @@ def command_parser(cls: type, prog: str | None = None, description: str | None =
                 add(tp, key, shown, default, parser.add_argument_group(f"{f.name} config", _doc(tp).split("\n\n")[0] or None))
             elif dataclasses.is_dataclass(tp):
                 sub = (*shown, f.name)
-                add(tp, key, sub, default, parser.add_argument_group(_flag(sub), _doc(tp).split("\n\n")[0] or None))
+                add(tp, key, sub, default, parser.add_argument_group(f"[{'.'.join(sub)}]", _doc(tp).split("\n\n")[0] or None))
             else:
                 flags[key] = (_flag((*shown, f.name)), tp)
                 required, positional = default is dataclasses.MISSING, f.metadata.get("positional", False)
@@ -395,7 +407,7 @@ def command_parser(cls: type, prog: str | None = None, description: str | None =
     for name, target in (aliases or {}).items():
         flag, tp = flags[(*root, *target.split("."))]
         _add_flag(parser, (name,), (*root, *target.split(".")), tp, f"same as {flag}", False, False)
-    example = next((f"{'.'.join(k[len(root):])}={_show(d)}" for k, d in examples if d is not None), "KEY=VALUE")
+    example = next((f"{'.'.join(k[len(root):])}={_toml(d)}" for k, d in examples if d is not None and k[:len(root)] == root), "KEY=VALUE")
     set_.help = f"set a config key (the value parses as TOML, else is text), e.g. {example}; repeatable".replace("%", "%%")
     parser.usage = " ".join(["%(prog)s [--config FILE] [--set KEY=VALUE] [--KEY VALUE ...]", *positionals])
     return parser
