@@ -396,7 +396,7 @@ def command_parser(cls: type, prog: str | None = None, description: str | None =
             else:
                 flags[key] = (_flag((*shown, f.name)), tp)
                 required, positional = default is dataclasses.MISSING, f.metadata.get("positional", False)
-                help_ = docs.get(f.name, "") + (" (required)" if required else f" (default: {_show(default)})")
+                help_ = docs.get(f.name, "") + ("" if positional else " (required)" if required else f" (default: {_show(default)})")
                 _add_flag(group, (*shown, f.name), key, tp, help_, required, positional)
                 if not required:
                     examples.append((key, default))
@@ -407,7 +407,7 @@ def command_parser(cls: type, prog: str | None = None, description: str | None =
     for name, target in (aliases or {}).items():
         flag, tp = flags[(*root, *target.split("."))]
         _add_flag(parser, (name,), (*root, *target.split(".")), tp, f"same as {flag}", False, False)
-    example = next((f"{'.'.join(k[len(root):])}={_toml(d)}" for k, d in examples if d is not None and k[:len(root)] == root), "KEY=VALUE")
+    example = next((f"{'.'.join(k[len(root):])}={_show(d)}" for k, d in examples if d is not None and k[:len(root)] == root), "KEY=VALUE")
     set_.help = f"set a config key (the value parses as TOML, else is text), e.g. {example}; repeatable".replace("%", "%%")
     parser.usage = " ".join(["%(prog)s [--config FILE] [--set KEY=VALUE] [--KEY VALUE ...]", *positionals])
     return parser
