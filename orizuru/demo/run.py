@@ -20,7 +20,7 @@ from orizuru.corpus.build import build_corpus, stats_markdown
 from orizuru.demo.post import demo_dpo, demo_sft
 from orizuru.demo.tokenizer import demo_section
 from orizuru.errors import UserError
-from orizuru.eval.evaluate import FAST_SUBSET, evaluate, summary_markdown
+from orizuru.eval.evaluate import FAST_SUBSET, EvalConfig, evaluate, summary_markdown
 from orizuru.files import atomic_write, read_jsonl
 from orizuru.model.checkpoint import load_model
 from orizuru.model.generate import generate
@@ -145,7 +145,7 @@ def run_demo(out: Path, config: Path, overrides: list[str], *, eval_limit: int, 
 
     say(f"evaluating the base model ({', '.join(FAST_SUBSET)}, {eval_limit} examples each)")
     t = time.time()
-    eval_results = evaluate(out / "model", FAST_SUBSET, eval_limit, out / "eval")
+    eval_results = evaluate(EvalConfig(model=out / "model", tasks=FAST_SUBSET, limit=eval_limit, output=out / "eval"))
     times["evaluation"] = time.time() - t
 
     say(f"instruction tuning ({post_steps} steps) and DPO ({post_steps} steps)")
