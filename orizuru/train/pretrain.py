@@ -296,7 +296,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
             elapsed = time.perf_counter() - t_last
             train_loss = all_mean(loss_acc.item() / steps_since, device)
             tps = tokens_per_step * steps_since / elapsed
-            row = {"loss": round(train_loss, 6), "lr": lr, "grad_norm": round(float(grad_norm), 6), "tokens_per_s": round(tps, 1), "tokens": done * tokens_per_step}
+            row = {"loss": round(train_loss, 6), "lr": lr, "grad_norm": round(float(grad_norm), 6), "tokens_per_s": round(tps, 1),
+                   "tokens": done * tokens_per_step}
             util = cuda_mfu(fpt, tps / world)
             if util is not None:
                 row["mfu"] = round(util, 4)
