@@ -62,7 +62,8 @@ def test_flan_templates_use_several_phrasings_and_refuse_eval_splits(tmp_path):
     nli = write_jsonl(tmp_path / "jnli_train.jsonl", [{"premise": "猫が寝ている。", "hypothesis": "猫がいる。", "label": "entailment"}])
     (chat,), _ = flan_messages("jnli", nli)
     assert "含意" in chat[1]["content"] and "猫が寝ている。" in chat[0]["content"]
-    sq = write_jsonl(tmp_path / "jsquad_train.jsonl", [{"context": "富士山 [SEP] 富士山は日本一高い山である。", "question": "日本一高い山は？", "answers": [{"text": "富士山", "answer_start": 0}]}])
+    sq = write_jsonl(tmp_path / "jsquad_train.jsonl", [{"context": "富士山 [SEP] 富士山は日本一高い山である。", "question": "日本一高い山は？",
+                                                       "answers": [{"text": "富士山", "answer_start": 0}]}])
     (chat,), _ = flan_messages("jsquad", sq)
     assert "[SEP]" not in chat[0]["content"] and "富士山" in chat[1]["content"]
     with pytest.raises(UserError, match="evaluation split"):

@@ -28,7 +28,8 @@ def test_rouge_l_characters_by_hand():
 
 
 def test_parse_numbered_continuation():
-    assert parse_instructions(" 猫について書いて。\n10. 犬について書いて。\n11．鳥を描写して。", 9) == ["猫について書いて。", "犬について書いて。", "鳥を描写して。"]
+    assert parse_instructions(" 猫について書いて。\n10. 犬について書いて。\n11．鳥を描写して。", 9) == [
+        "猫について書いて。", "犬について書いて。", "鳥を描写して。"]
 
 
 class FakeLLM(BaseHTTPRequestHandler):

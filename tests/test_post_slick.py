@@ -18,8 +18,8 @@ def test_labels_follow_the_paper():
 
 def test_slick_labels_rows_resumes_and_sft_can_drop_unknown(tmp_path):
     base = tiny_model_dir(tmp_path / "base")
-    qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": f"{c}の首都は？", "answers": [a]} for c, a in
-                                              [("日本", "東京"), ("フランス", "パリ"), ("イギリス", "ロンドン"), ("ドイツ", "ベルリン"), ("イタリア", "ローマ")]])
+    capitals = [("日本", "東京"), ("フランス", "パリ"), ("イギリス", "ロンドン"), ("ドイツ", "ベルリン"), ("イタリア", "ローマ")]
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": f"{c}の首都は？", "answers": [a]} for c, a in capitals])
     out = tmp_path / "labels.jsonl"
     counts = slick(str(base), str(qa), str(out), shots=2, prompts=2, samples=2, max_new_tokens=4)
     rows = read_jsonl(out)

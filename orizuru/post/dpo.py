@@ -241,7 +241,8 @@ def dpo(cfg: DPOConfig) -> dict:
         before = {f"val_{k}": round(v, 6) for k, v in evaluate().items()}
     last = run_steps("dpo", model, cfg.train, run_dir, micro, evaluate, device, amp)
     save_chat_model(model, run_dir / "model", tok)
-    summary = {"loss": o.loss, "beta": o.beta, "step": cfg.train.max_steps, **counts, "before": before, "after": {k: v for k, v in last.items() if k.startswith("val_")}}
+    summary = {"loss": o.loss, "beta": o.beta, "step": cfg.train.max_steps, **counts, "before": before,
+               "after": {k: v for k, v in last.items() if k.startswith("val_")}}
     write_json(run_dir / "summary.json", summary)
     return summary
 

@@ -160,7 +160,8 @@ def train_reward(cfg: RewardConfig) -> dict:
         before = evaluate()
     last = run_steps("reward", model, cfg.train, run_dir, micro, evaluate, device, amp)
     save_reward_model(model, run_dir / "model", tok)
-    summary = {"step": cfg.train.max_steps, **counts, "val_accuracy_before": before.get("accuracy"), "val_accuracy": last.get("val_accuracy"), "val_loss": last.get("val_loss")}
+    summary = {"step": cfg.train.max_steps, **counts, "val_accuracy_before": before.get("accuracy"),
+               "val_accuracy": last.get("val_accuracy"), "val_loss": last.get("val_loss")}
     write_json(run_dir / "summary.json", summary)
     return summary
 

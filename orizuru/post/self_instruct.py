@@ -132,7 +132,8 @@ def read_seeds(path: str) -> list[dict]:
     for where, row in iter_rows(path):
         if not isinstance(row, dict) or not isinstance(row.get("instruction"), str) or not isinstance(row.get("output"), str):
             raise UserError(f"{where}: seed tasks need string fields 'instruction' and 'output'")
-        seeds.append({"instruction": row["instruction"], "input": row.get("input") or "", "output": row["output"], "is_classification": bool(row.get("is_classification"))})
+        seeds.append({"instruction": row["instruction"], "input": row.get("input") or "", "output": row["output"],
+                      "is_classification": bool(row.get("is_classification"))})
     if len(seeds) < 8:
         raise UserError(f"{path}: need at least 8 seed tasks, got {len(seeds)}")
     return seeds
@@ -187,11 +188,13 @@ def self_instruct(
                 counts["similar"] += 1
                 continue
             classification = ask(classification_prompt(rng.sample(seeds, 6), inst), 0.0).strip().startswith("はい")
-            instance = parse_instance(ask(instance_prompt(rng.sample([s for s in seeds if s["is_classification"] == classification] or seeds, 3), inst, classification), 0.0), classification)
+            examples = rng.sample([s for s in seeds if s["is_classification"] == classification] or seeds, 3)
+            instance = parse_instance(ask(instance_prompt(examples, inst, classification), 0.0), classification)
             if instance is None:
                 counts["bad_instance"] += 1
                 continue
-            row = {"instruction": inst, "input": instance[0], "output": instance[1], "is_classification": classification, "most_similar": similar, "rouge_l": round(score, 4)}
+            row = {"instruction": inst, "input": instance[0], "output": instance[1], "is_classification": classification,
+                   "most_similar": similar, "rouge_l": round(score, 4)}
             append_jsonl(out_path, row)
             done.append(row)
             pool.append(inst)

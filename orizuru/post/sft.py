@@ -148,7 +148,8 @@ def sft(cfg: SFTConfig) -> dict:
 
     last = run_steps("sft", model, cfg.train, run_dir, micro, evaluate, device, amp)
     if cfg.lora.rank:
-        save_adapter(model, run_dir / "adapter", rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=cfg.lora.targets, dropout=cfg.lora.dropout, base_model=cfg.model)
+        save_adapter(model, run_dir / "adapter", rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=cfg.lora.targets,
+                     dropout=cfg.lora.dropout, base_model=cfg.model)
         merge_lora(model)
     save_chat_model(model, run_dir / "model", tok)
     summary = {"step": cfg.train.max_steps, "epochs": cfg.schedule.epochs, **counts, **{k: last[k] for k in ("loss", "val_loss") if k in last}}

@@ -74,7 +74,8 @@ def few_shot(exemplars: list[tuple[str, list[str], dict]], question: str) -> str
     return f"{shots}質問: {question}\n答え:"
 
 
-def slick(model_dir: str, data: str, out: str, *, shots: int = 4, prompts: int = 4, samples: int = 8, temperature: float = 0.5, max_new_tokens: int = 32, seed: int = 0, device: str = "cpu") -> dict:
+def slick(model_dir: str, data: str, out: str, *, shots: int = 4, prompts: int = 4, samples: int = 8, temperature: float = 0.5,
+          max_new_tokens: int = 32, seed: int = 0, device: str = "cpu") -> dict:
     """Label every row of `data` into `out` (continuing a partial `out`); returns the label counts."""
     rows = read_qa(data)
     done = read_jsonl(out) if Path(out).exists() else []
@@ -89,12 +90,14 @@ def slick(model_dir: str, data: str, out: str, *, shots: int = 4, prompts: int =
         ids = [tok.encode(t, bos=True)[-(model.cfg.max_seq_len - max_new_tokens) :] for t in texts]
         with torch.no_grad():
             greedy = generate(model, ids, max_new_tokens, eos_id=tok.eos_id, stop_strings=["\n"], tokenizer=tok)
-            sampled = generate(model, [ids[k % len(ids)] for k in range(samples)], max_new_tokens, temperature=temperature, eos_id=tok.eos_id, stop_strings=["\n"], tokenizer=tok, seed=seed + i)
+            sampled = generate(model, [ids[k % len(ids)] for k in range(samples)], max_new_tokens, temperature=temperature,
+                               eos_id=tok.eos_id, stop_strings=["\n"], tokenizer=tok, seed=seed + i)
         p_greedy = sum(correct(tok.decode(g), answers) for g in greedy) / len(greedy)
         p_sample = sum(correct(tok.decode(s), answers) for s in sampled) / max(1, len(sampled))
         name = label(p_greedy, p_sample)
         counts[name] += 1
-        append_jsonl(out, {**row, "instruction": row.get("instruction", question), "output": row.get("output", answers[0]), "slick": name, "p_greedy": p_greedy, "p_sample": p_sample, "greedy_answer": tok.decode(greedy[0]).strip()})
+        append_jsonl(out, {**row, "instruction": row.get("instruction", question), "output": row.get("output", answers[0]), "slick": name,
+                           "p_greedy": p_greedy, "p_sample": p_sample, "greedy_answer": tok.decode(greedy[0]).strip()})
     return {k: counts.get(k, 0) for k in LABELS}
 
 
