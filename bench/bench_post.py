@@ -118,7 +118,8 @@ def main() -> None:
         return
     out = {"config": {k: v for k, v in vars(args).items() if k != "variant"}}
     for variant in ("sft", "sft-hf", "dpo-cached", "dpo-live"):
-        cmd = [sys.executable, __file__, "--variant", variant] + [a for k in ("dim", "layers", "seq_len", "batch", "steps", "threads") for a in (f"--{k.replace('_', '-')}", str(getattr(args, k)))]
+        flags = [a for k in ("dim", "layers", "seq_len", "batch", "steps", "threads") for a in (f"--{k.replace('_', '-')}", str(getattr(args, k)))]
+        cmd = [sys.executable, __file__, "--variant", variant, *flags]
         out[variant] = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
     out["sft_speed_vs_transformers"] = round(out["sft"]["tokens_per_s"] / out["sft-hf"]["tokens_per_s"], 3)
     out["dpo_cached_vs_live_speed"] = round(out["dpo-cached"]["tokens_per_s"] / out["dpo-live"]["tokens_per_s"], 3)

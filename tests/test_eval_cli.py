@@ -9,7 +9,7 @@ from eval_helpers import build_tiny_model
 
 from orizuru import cli
 from orizuru.errors import UserError
-from orizuru.eval.evaluate import evaluate
+from orizuru.eval.evaluate import EvalConfig, evaluate
 from orizuru.eval.tasks import load_examples, load_task
 from orizuru.files import read_jsonl
 
@@ -21,7 +21,7 @@ def model_dir(tmp_path_factory):
 
 def test_generative_tasks_write_every_artifact(model_dir, tmp_path):
     out = tmp_path / "out"
-    res = evaluate(model_dir, ["niilc", "mgsm", "jhumaneval"], 3, out, samples=2, max_new_tokens=12)
+    res = evaluate(EvalConfig(model=model_dir, tasks=["niilc", "mgsm", "jhumaneval"], limit=3, output=out, samples=2, max_new_tokens=12))
     for name in ("niilc", "mgsm", "jhumaneval"):
         r = res["tasks"][name]
         assert r["n"] == 3 and r["samples"] == 2 and r["template"] and r["seed"] == 1234
@@ -40,24 +40,24 @@ def test_generative_tasks_write_every_artifact(model_dir, tmp_path):
 
 def test_rerun_resumes_and_keeps_partial_results(model_dir, tmp_path):
     out = tmp_path / "out"
-    first = evaluate(model_dir, ["jcommonsenseqa"], 6, out)
+    first = evaluate(EvalConfig(model=model_dir, tasks=["jcommonsenseqa"], limit=6, output=out))
     path = out / "jcommonsenseqa.jsonl"
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:4]) + lines[4][:20])  # killed while writing the 5th record
-    second = evaluate(model_dir, ["jcommonsenseqa"], 6, out)
+    second = evaluate(EvalConfig(model=model_dir, tasks=["jcommonsenseqa"], limit=6, output=out))
     assert second["tasks"]["jcommonsenseqa"]["metrics"] == first["tasks"]["jcommonsenseqa"]["metrics"]
     rows = read_jsonl(path)
     assert sorted({r["id"] for r in rows}) == sorted({json.loads(x)["id"] for x in lines})
     # nothing left to do: a third run appends nothing
     size = path.stat().st_size
-    evaluate(model_dir, ["jcommonsenseqa"], 6, out)
+    evaluate(EvalConfig(model=model_dir, tasks=["jcommonsenseqa"], limit=6, output=out))
     assert path.stat().st_size == size
     with pytest.raises(UserError, match="other settings"):
-        evaluate(model_dir, ["jcommonsenseqa"], 6, out, shots=2)
+        evaluate(EvalConfig(model=model_dir, tasks=["jcommonsenseqa"], limit=6, output=out, shots=2))
 
 
 def test_templates_permutations_and_calibration(model_dir, tmp_path):
-    res = evaluate(model_dir, ["jnli", "jcommonsenseqa"], 3, tmp_path / "out", templates="all", permute_choices=2)
+    res = evaluate(EvalConfig(model=model_dir, tasks=["jnli", "jcommonsenseqa"], limit=3, output=tmp_path / "out", templates="all", permute_choices=2))
     jnli = res["tasks"]["jnli"]
     assert len(jnli["templates"]) == 3
     s = jnli["template_spread"]["acc"]
@@ -80,15 +80,15 @@ def test_templates_permutations_and_calibration(model_dir, tmp_path):
 
 def test_long_prompts_truncate_from_the_left_or_fail(tmp_path):
     small = build_tiny_model(tmp_path / "small", max_seq_len=64)
-    res = evaluate(small, ["jsquad"], 2, tmp_path / "a")
+    res = evaluate(EvalConfig(model=small, tasks=["jsquad"], limit=2, output=tmp_path / "a"))
     assert res["tasks"]["jsquad"]["truncated_examples"] == 2
     with pytest.raises(UserError, match="exceeds"):
-        evaluate(small, ["jsquad"], 2, tmp_path / "b", truncate="error")
+        evaluate(EvalConfig(model=small, tasks=["jsquad"], limit=2, output=tmp_path / "b", truncate="error"))
 
 
 def test_unknown_task_and_missing_field(model_dir, tmp_path, capsys):
     with pytest.raises(UserError, match="unknown task 'nope'.*jcommonsenseqa"):
-        evaluate(model_dir, ["nope"], 2, tmp_path / "out")
+        evaluate(EvalConfig(model=model_dir, tasks=["nope"], limit=2, output=tmp_path / "out"))
     assert cli.main(["eval", "--model", str(model_dir), "--tasks", "nope", "--output", str(tmp_path / "o")]) == 2
     assert "unknown task" in capsys.readouterr().err
     task = load_task("jnli")
@@ -131,7 +131,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_clean_result(model_dir, tmp_path):
     proc.wait()
     kept = len(read_jsonl(path))
     assert 32 <= kept
-    resumed = evaluate(model_dir, ["jcommonsenseqa"], 96, out)
-    clean = evaluate(model_dir, ["jcommonsenseqa"], 96, tmp_path / "clean")
+    resumed = evaluate(EvalConfig(model=model_dir, tasks=["jcommonsenseqa"], limit=96, output=out))
+    clean = evaluate(EvalConfig(model=model_dir, tasks=["jcommonsenseqa"], limit=96, output=tmp_path / "clean"))
     assert resumed["tasks"]["jcommonsenseqa"]["metrics"] == clean["tasks"]["jcommonsenseqa"]["metrics"]
     assert len(read_jsonl(path)) == 96

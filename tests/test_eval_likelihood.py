@@ -10,7 +10,7 @@ import torch
 from eval_helpers import build_tiny_model
 
 from orizuru.eval import likelihood as L
-from orizuru.eval.evaluate import evaluate
+from orizuru.eval.evaluate import EvalConfig, evaluate
 from orizuru.files import read_jsonl
 from orizuru.model.checkpoint import load_model
 from orizuru.model.llama import KVCache, Llama
@@ -128,7 +128,7 @@ def test_short_prompts_are_untouched_by_the_context_limit(loaded):
 def test_dumped_prompts_rescored_with_transformers(model_dir, tmp_path):
     transformers = pytest.importorskip("transformers")
     out = tmp_path / "out"
-    results = evaluate(model_dir, ["jcommonsenseqa"], 12, out)
+    results = evaluate(EvalConfig(model=model_dir, tasks=["jcommonsenseqa"], limit=12, output=out))
     records = read_jsonl(out / "jcommonsenseqa.jsonl")
     hf_tok = transformers.AutoTokenizer.from_pretrained(model_dir)
     hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()

@@ -13,6 +13,7 @@ from core_helpers import ja_texts, ja_tokenizer, tiny_model
 from transformers import AutoModelForCausalLM
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
+from orizuru.cli import main as cli
 from orizuru.errors import UserError
 from orizuru.model import generate as gen_cli
 from orizuru.model.checkpoint import save_model
@@ -230,6 +231,11 @@ def test_cli_bad_model_dir(tmp_path):
 
 
 def test_cli_sampling_flags_need_temperature(pair, capsys):
-    with pytest.raises(SystemExit) as e:
-        gen_cli.main(["--model", str(pair[1]), "--prompt", "x", "--max-new-tokens", "2", "--top-p", "0.9"])
-    assert e.value.code == 2 and "--temperature" in capsys.readouterr().err
+    assert cli(["generate", "--model", str(pair[1]), "--prompt", "x", "--max-new-tokens", "2", "--top-p", "0.9"]) == 2
+    assert "--temperature" in capsys.readouterr().err
+
+
+def test_cli_max_new_tokens_has_a_default(pair, capsys):
+    assert gen_cli.main(["--model", str(pair[1]), "--prompt", "x", "--prompt", "y", "--jsonl"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["prompt"] for r in rows] == ["x", "y"]

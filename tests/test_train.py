@@ -99,10 +99,12 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path, tiny_shards_dir):
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
 def test_two_processes_match_one_with_double_batch(tmp_path, tiny_shards_dir, fsdp):
     one = tmp_path / "one"
-    proc = run_cli(["pretrain", *sum((["--set", o] for o in tiny_overrides(tiny_shards_dir, one, **{"train.batch_size": 8, "train.max_steps": 8})), [])], timeout=300)
+    sets = sum((["--set", o] for o in tiny_overrides(tiny_shards_dir, one, **{"train.batch_size": 8, "train.max_steps": 8})), [])
+    proc = run_cli(["pretrain", *sets], timeout=300)
     assert proc.returncode == 0, proc.stderr
     two = tmp_path / "two"
-    sets = sum((["--set", o] for o in tiny_overrides(tiny_shards_dir, two, **{"train.batch_size": 4, "train.max_steps": 8, "train.fsdp": str(fsdp).lower()})), [])
+    two_sets = {"train.batch_size": 4, "train.max_steps": 8, "train.fsdp": str(fsdp).lower()}
+    sets = sum((["--set", o] for o in tiny_overrides(tiny_shards_dir, two, **two_sets)), [])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(29533 + fsdp), "-m", "orizuru.cli", "pretrain", *sets]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

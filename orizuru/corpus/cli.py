@@ -2,39 +2,46 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from orizuru.config import load_config
+from orizuru.config import ConfigError, parse_subcommand, stage_config
 from orizuru.corpus.build import build_corpus, dry_run, stats_markdown
 from orizuru.corpus.config import CorpusConfig
 
 
+@dataclass
+class CorpusBuild:
+    """WARC/HTML/JSONL/text -> filtered, normalized, deduplicated shards (config defaults: configs/corpus.toml)."""
+
+    input: list[str]  # input files, directories or globs
+    output: str | None = None  # output directory (shards, stats.json, summary.md, work/); not needed with --dry-run
+    executor: Literal["local", "ray"] = "local"  # ray: joins the cluster at RAY_ADDRESS if set
+    workers: int = 1  # worker processes (local) or Ray tasks at once
+    dry_run: bool = False  # print what the filters do per document; write nothing
+    sample: int = 20  # documents to show with --dry-run
+    corpus: CorpusConfig = stage_config(CorpusConfig)
+
+    def validate(self) -> None:
+        if not self.dry_run and self.output is None:
+            raise ConfigError("--output is required (unless --dry-run)")
+        if not self.dry_run and self.workers < 1:
+            raise ConfigError("--workers must be >= 1")
+
+
+SUBCOMMANDS = {"build": CorpusBuild}
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="orizuru corpus", description="Build a clean, deduplicated corpus.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="WARC/HTML/JSONL/text -> filtered, normalized, deduplicated shards")
-    b.add_argument("--input", nargs="+", required=True, metavar="PATH_OR_GLOB", help="input files, directories or globs")
-    b.add_argument("--output", type=Path, help="output directory (shards, stats.json, summary.md, work/)")
-    b.add_argument("--config", type=Path, help="TOML config (default: built-in defaults = configs/corpus.toml)")
-    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    b.add_argument("--executor", choices=["local", "ray"], default="local")
-    b.add_argument("--workers", type=int, default=1)
-    b.add_argument("--dry-run", action="store_true", help="print what the filters do per document; write nothing")
-    b.add_argument("--sample", type=int, default=20, help="documents to show with --dry-run")
-    args = parser.parse_args(argv)
-    cfg = load_config(CorpusConfig, args.config, args.set)
+    _, args = parse_subcommand(SUBCOMMANDS, argv, "orizuru corpus", "Build a clean, deduplicated corpus.")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.dry_run:
-        for row in dry_run(args.input, cfg, args.sample):
+        for row in dry_run(args.input, args.corpus, args.sample):
             print(json.dumps(row, ensure_ascii=False))
         return 0
-    if args.output is None:
-        parser.error("--output is required (unless --dry-run)")
-    if args.workers < 1:
-        parser.error("--workers must be >= 1")
-    stats = build_corpus(args.input, args.output, cfg, executor=args.executor, workers=args.workers)
+    stats = build_corpus(args.input, Path(args.output), args.corpus, executor=args.executor, workers=args.workers)
     print(stats_markdown(stats))
     return 0

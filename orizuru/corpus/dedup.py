@@ -29,7 +29,6 @@ token hashes ~58k docs/s; a pure numpy MinHash ~840 docs/s, rensa on Python stri
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import glob
@@ -47,7 +46,7 @@ import numpy as np
 from rensa import RMinHash
 from tqdm import tqdm
 
-from orizuru.config import load_config
+from orizuru.config import parse_command, stage_config
 from orizuru.corpus.config import DedupConfig
 from orizuru.corpus.doc import read_shard, write_shard
 from orizuru.errors import UserError
@@ -399,16 +398,20 @@ class DedupCommandConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig)
 
 
+@dataclass
+class DedupCommand:
+    """Exact + MinHash LSH deduplication of gzip-JSONL shards."""
+
+    input: list[str]  # shards or globs, deduplicated in this order
+    output: str  # directory for the kept documents (same shard names) and stats.json
+    workers: int = 1  # worker processes
+    dedup: DedupCommandConfig = stage_config(DedupCommandConfig)  # a TOML file with a [dedup] section
+
+
 def main(argv: list[str]) -> int:
     """Deduplicate existing gzip-JSONL shards: `python -m orizuru.corpus.dedup --input ... --output DIR`."""
-    p = argparse.ArgumentParser(prog="orizuru-dedup", description="Exact + MinHash LSH deduplication of gzip-JSONL shards.")
-    p.add_argument("--input", nargs="+", required=True, help="shards or globs, deduplicated in this order")
-    p.add_argument("--output", required=True, help="directory for the kept documents (same shard names) and stats.json")
-    p.add_argument("--config", help="TOML file with a [dedup] section")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. dedup.bands=40 dedup.rows=20")
-    p.add_argument("--workers", type=int, default=1, help="worker processes")
-    args = p.parse_args(argv)
-    cfg = load_config(DedupCommandConfig, args.config, args.set).dedup
+    args = parse_command(DedupCommand, argv, "orizuru-dedup", DedupCommand.__doc__)
+    cfg = args.dedup.dedup
     shards = [Path(x) for pattern in args.input for x in (sorted(glob.glob(pattern)) or [pattern])]
     if len({s.name for s in shards}) != len(shards):
         raise UserError("dedup: input shards must have distinct file names (outputs keep the names)")

@@ -8,24 +8,24 @@ continues where it stopped.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from orizuru.config import load_config
+from orizuru.config import parse_command, stage_config, validate
 from orizuru.corpus.build import build_corpus, stats_markdown
 from orizuru.demo.post import demo_dpo, demo_sft
 from orizuru.demo.tokenizer import demo_section
 from orizuru.errors import UserError
-from orizuru.eval.evaluate import FAST_SUBSET, evaluate, summary_markdown
+from orizuru.eval.evaluate import FAST_SUBSET, EvalConfig, evaluate, summary_markdown
 from orizuru.files import atomic_write, read_jsonl
 from orizuru.model.checkpoint import load_model
 from orizuru.model.generate import generate
 from orizuru.report import cell, plot_losses, table, write_report
-from orizuru.resources import CONFIGS, DATA
+from orizuru.resources import DATA
 from orizuru.scaling.plan import report_section
 from orizuru.tokenizer.tokenizer import Tokenizer, iter_texts, train_bpe_dir
 from orizuru.train.config import PretrainConfig
@@ -110,13 +110,26 @@ def stage_generate(model_dir: Path, prompts: list[str], max_new_tokens: int = 40
     return [(p, tok.decode(g), tok.decode(s)) for p, g, s in zip(prompts, greedy, sampled)]
 
 
-def run_demo(out: Path, config: Path, overrides: list[str], *, eval_limit: int, post_steps: int) -> Path:
+@dataclass
+class DemoConfig:
+    """The demo's own options and its pre-training config (defaults: configs/demo.toml)."""
+
+    out: str = "runs/demo"  # output directory; also the pre-training run.dir, with data.dirs = [OUT/data]
+    eval_limit: int = 100  # examples per evaluation task
+    post_steps: int = 30  # optimizer steps of the demo SFT and of the demo DPO
+    pretrain: PretrainConfig = stage_config(PretrainConfig, default_file="demo.toml")
+
+
+def run_demo(demo: DemoConfig) -> Path:
     t0 = time.time()
+    out, eval_limit, post_steps = Path(demo.out), demo.eval_limit, demo.post_steps
     out.mkdir(parents=True, exist_ok=True)
     for p in (SAMPLE / "wiki.jsonl", SAMPLE / "aozora.jsonl", CRAWL / "warc", CRAWL / "html"):
         if not p.exists():
             raise UserError(f"{p}: shipped sample data is missing (run from a full checkout of the repository)")
-    cfg = load_config(PretrainConfig, config, [f'run.dir="{out}"', f'data.dirs=["{out / "data"}"]', *overrides])
+    pre = demo.pretrain
+    cfg = replace(pre, run=replace(pre.run, dir=str(out)), data=replace(pre.data, dirs=[str(out / "data")]))
+    validate(cfg)
     times = {}
 
     say("corpus build: WARC/HTML crawl samples + sample text -> clean, deduplicated documents")
@@ -145,7 +158,7 @@ def run_demo(out: Path, config: Path, overrides: list[str], *, eval_limit: int, 
 
     say(f"evaluating the base model ({', '.join(FAST_SUBSET)}, {eval_limit} examples each)")
     t = time.time()
-    eval_results = evaluate(out / "model", FAST_SUBSET, eval_limit, out / "eval")
+    eval_results = evaluate(EvalConfig(model=out / "model", tasks=FAST_SUBSET, limit=eval_limit, output=out / "eval"))
     times["evaluation"] = time.time() - t
 
     say(f"instruction tuning ({post_steps} steps) and DPO ({post_steps} steps)")
@@ -206,12 +219,5 @@ def run_demo(out: Path, config: Path, overrides: list[str], *, eval_limit: int, 
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="orizuru demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    p.add_argument("--config", default=str(CONFIGS / "demo.toml"), help="pre-training config")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a pre-training config key")
-    p.add_argument("--eval-limit", type=int, default=100, help="examples per evaluation task")
-    p.add_argument("--post-steps", type=int, default=30, help="optimizer steps of the demo SFT and of the demo DPO")
-    a = p.parse_args(argv)
-    run_demo(Path(a.out), Path(a.config), a.set, eval_limit=a.eval_limit, post_steps=a.post_steps)
+    run_demo(parse_command(DemoConfig, argv, "orizuru demo", __doc__.split("\n\n")[0]))
     return 0

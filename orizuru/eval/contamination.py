@@ -10,13 +10,14 @@ the mean fraction of an example's n-grams found, and every hit (example, documen
 
 from __future__ import annotations
 
-import argparse
 import unicodedata
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from tqdm import tqdm
 
+from orizuru.config import parse_command
 from orizuru.corpus.doc import read_shard
 from orizuru.errors import UserError
 from orizuru.eval.tasks import load_examples, load_task, task_names
@@ -103,19 +104,24 @@ def check(corpus: list[Path], tasks: list[str], n_char: int = 13, n_word: int = 
     return report
 
 
+@dataclass
+class ContaminationConfig:
+    """`orizuru contamination`: n-gram overlap between a corpus and eval sets."""
+
+    corpus: list[str]  # corpus shards, JSONL or text files, or directories
+    tasks: list[str] = field(default_factory=task_names)  # task names, also comma-separated
+    char_n: int = 13  # character n-gram length for Japanese text
+    word_n: int = 13  # word n-gram length for other text
+    limit: int | None = None  # only the first N examples per task
+    output: str | None = None  # write the report (with all hits) as JSON here
+
+
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="orizuru contamination", description="n-gram overlap between a corpus and eval sets.")
-    p.add_argument("--corpus", nargs="+", required=True, type=Path, help="corpus shards, JSONL or text files, or directories")
-    p.add_argument("--tasks", default=",".join(task_names()), help="comma-separated task names (default: all)")
-    p.add_argument("--char-n", type=int, default=13, help="character n-gram length for Japanese text")
-    p.add_argument("--word-n", type=int, default=13, help="word n-gram length for other text")
-    p.add_argument("--limit", type=int, default=None, help="only the first N examples per task")
-    p.add_argument("--output", type=Path, default=None, help="write the report (with all hits) as JSON here")
-    a = p.parse_args(argv)
-    tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
+    a = parse_command(ContaminationConfig, argv, "orizuru contamination", ContaminationConfig.__doc__)
+    tasks = [t.strip() for item in a.tasks for t in item.split(",") if t.strip()]
     for t in tasks:
         load_task(t)  # unknown names fail before reading the corpus
-    report = check(a.corpus, tasks, a.char_n, a.word_n, a.limit)
+    report = check([Path(c) for c in a.corpus], tasks, a.char_n, a.word_n, a.limit)
     if a.output:
         write_json(a.output, report)
     print(f"{report['documents']} documents; n-grams: {a.char_n} characters (Japanese) / {a.word_n} words")

@@ -14,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 from tqdm import tqdm
 
@@ -23,7 +24,7 @@ from orizuru.eval import likelihood as L
 from orizuru.eval import metrics as M
 from orizuru.eval import robustness as R
 from orizuru.eval.sandbox import humaneval_program, run_program
-from orizuru.eval.tasks import Example, Task, load_examples, load_task, render
+from orizuru.eval.tasks import Example, Task, load_examples, load_task, render, task_names
 from orizuru.files import append_jsonl, atomic_write, read_jsonl, write_json
 from orizuru.model.checkpoint import load_model
 from orizuru.tokenizer.tokenizer import Tokenizer
@@ -33,18 +34,34 @@ CHUNK = 32  # examples scored between appends to the task's JSONL
 
 
 @dataclass
-class Settings:
-    shots: int | None = None  # None: each task's default
-    limit: int | None = None
-    templates: str = "first"  # first | all
-    permute_choices: int = 0
-    samples: int = 1
-    temperature: float = 0.7  # for samples > 1
+class EvalConfig:
+    """`orizuru eval`: a model directory on Japanese tasks; results go to --output (a rerun resumes)."""
+
+    model: str  # HF Llama model directory (config.json, weights, tokenizer.json)
+    tasks: list[str]  # task names (orizuru/eval/tasks/), also comma-separated; 'fast' or 'all'
+    output: str  # output directory (a rerun resumes)
+    shots: int | None = None  # few-shot exemplars per prompt; None: each task's default
+    limit: int | None = None  # evaluate only the first N examples of each task
+    templates: Literal["first", "all"] = "first"  # all: every template, with the spread
+    permute_choices: int = 0  # also score this many shuffled choice orders
+    samples: int = 1  # samples per prompt (maj@k, pass@k)
+    temperature: float = 0.7  # sampling temperature when samples > 1
     seed: int = 1234
-    batch_tokens: int = 4096
-    truncate: str = "left"  # left | error
-    code_timeout: float = 10.0
+    batch_tokens: int = 4096  # token budget per likelihood batch
+    truncate: Literal["left", "error"] = "left"  # prompts longer than the context: drop the oldest tokens (counted) or fail
+    code_timeout: float = 10.0  # seconds per generated program (jhumaneval)
     max_new_tokens: int | None = None  # cap on every task's own generation length
+
+    def task_list(self) -> list[str]:
+        """The task names, with 'fast' and 'all' expanded and comma-separated names split."""
+        names = []
+        for item in self.tasks:
+            names += {"fast": FAST_SUBSET, "all": task_names()}.get(item) or [t.strip() for t in item.split(",") if t.strip()]
+        return names
+
+    def settings(self) -> dict:
+        """What a score depends on besides the model (the run's identity in run.json and results.json)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("model", "tasks", "output")}
 
 
 def model_identity(model_dir: Path) -> dict:
@@ -58,7 +75,7 @@ def model_identity(model_dir: Path) -> dict:
     return {"dir": str(model_dir), "config_hash": h.hexdigest()[:16]}
 
 
-def _variants(task: Task, settings: Settings) -> list[tuple[str, int]]:
+def _variants(task: Task, settings: EvalConfig) -> list[tuple[str, int]]:
     templates = [t.id for t in task.templates] if settings.templates == "all" else [task.templates[0].id]
     perms = [0]
     if settings.permute_choices and (task.choices is not None or "choices" in task.fields):
@@ -166,7 +183,7 @@ def _code_record(task, ex, prompt, texts, settings) -> dict:
 # ---------------------------------------------------------------- aggregation
 
 
-def _summarize(task: Task, records: list[dict], shots: int, settings: Settings, cf: dict) -> dict:
+def _summarize(task: Task, records: list[dict], shots: int, settings: EvalConfig, cf: dict) -> dict:
     by_variant: dict[tuple, list[dict]] = {}
     for r in records:
         by_variant.setdefault((r["template"], r["permutation"]), []).append(r)
@@ -214,20 +231,16 @@ def _position(record: dict) -> int | None:
 # ---------------------------------------------------------------- driver
 
 
-def evaluate(model_dir, tasks: list[str], limit: int | None, output, settings: Settings | None = None, **overrides) -> dict:
-    """Evaluate `model_dir` on `tasks`; write OUT/results.json, OUT/<task>.jsonl, OUT/summary.md."""
+def evaluate(cfg: EvalConfig) -> dict:
+    """Evaluate `cfg.model` on `cfg.tasks`; write OUT/results.json, OUT/<task>.jsonl, OUT/summary.md."""
     import torch
 
-    settings = settings or Settings()
-    settings.limit = limit
-    for k, v in overrides.items():
-        setattr(settings, k, v)
-    model_dir, output = Path(model_dir), Path(output)
-    loaded = [load_task(name) for name in tasks]  # unknown names fail before any work
+    model_dir, output = Path(cfg.model), Path(cfg.output)
+    loaded = [load_task(name) for name in cfg.task_list()]  # unknown names fail before any work
     identity = model_identity(model_dir)
     output.mkdir(parents=True, exist_ok=True)
     run_file = output / "run.json"
-    run = {"model": identity, "settings": {k: v for k, v in asdict(settings).items() if k != "limit"}}
+    run = {"model": identity, "settings": {k: v for k, v in cfg.settings().items() if k != "limit"}}
     if run_file.exists() and json.loads(run_file.read_text()) != run:
         raise UserError(f"{output}: holds results for other settings or another model (see {run_file}); use a new --output")
     write_json(run_file, run)
@@ -237,17 +250,17 @@ def evaluate(model_dir, tasks: list[str], limit: int | None, output, settings: S
     max_len = model.cfg.max_seq_len
     results_file = output / "results.json"
     previous = json.loads(results_file.read_text())["tasks"] if results_file.exists() else {}
-    results = {"model": identity, "settings": asdict(settings), "tasks": previous}
-    torch.manual_seed(settings.seed)
+    results = {"model": identity, "settings": cfg.settings(), "tasks": previous}
+    torch.manual_seed(cfg.seed)
     for task in loaded:
-        results["tasks"][task.name] = _run_task(task, model, tok, settings, max_len, output)
+        results["tasks"][task.name] = _run_task(task, model, tok, cfg, max_len, output)
         write_json(output / "results.json", results)
     with atomic_write(output / "summary.md") as f:
         f.write(summary_markdown(results))
     return results
 
 
-def _run_task(task: Task, model, tok, settings: Settings, max_len: int, output: Path) -> dict:
+def _run_task(task: Task, model, tok, settings: EvalConfig, max_len: int, output: Path) -> dict:
     shots = task.default_shots if settings.shots is None else settings.shots
     if shots > len(task.exemplar_ids):
         raise UserError(f"--shots {shots}: task '{task.name}' has only {len(task.exemplar_ids)} fixed exemplars")

@@ -18,7 +18,6 @@ unparsable and reported, never dropped silently.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -30,9 +29,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
+from typing import Literal
 
 from tqdm import tqdm
 
+from orizuru.config import parse_command
 from orizuru.errors import UserError
 from orizuru.eval.tasks import DATA_DIR, read_rows
 from orizuru.files import append_jsonl, read_jsonl, write_json
@@ -326,20 +327,25 @@ def run(bench: str, models: list[Path], output: Path, base_url: str, judge_model
     return result
 
 
+@dataclass
+class JudgeConfig:
+    """`orizuru judge`: LLM-as-a-judge on Rakuda / Japanese MT-Bench."""
+
+    bench: Literal["rakuda", "mt-bench"]
+    model: list[str]  # model directories (two or more: also judged pairwise)
+    output: str  # output directory (answers/, judgments.jsonl, judge.json; a rerun resumes)
+    judge_url: str  # OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
+    judge_model: str  # model name the judge endpoint serves
+    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the API key
+    limit: int | None = None  # only the first N questions
+    max_new_tokens: int = 512  # answer length cap
+    concurrency: int = 4  # judge requests at once
+    retries: int = 4  # retries per judge request
+
+
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="orizuru judge", description="LLM-as-a-judge on Rakuda / Japanese MT-Bench.")
-    p.add_argument("--bench", choices=["rakuda", "mt-bench"], required=True)
-    p.add_argument("--model", action="append", required=True, type=Path, help="model directory (repeat for pairwise)")
-    p.add_argument("--output", required=True, type=Path)
-    p.add_argument("--judge-url", required=True, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
-    p.add_argument("--judge-model", required=True)
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--retries", type=int, default=4)
-    a = p.parse_args(argv)
-    r = run(a.bench, a.model, a.output, a.judge_url, a.judge_model, api_key=os.environ.get(a.api_key_env),
+    a = parse_command(JudgeConfig, argv, "orizuru judge", JudgeConfig.__doc__)
+    r = run(a.bench, [Path(m) for m in a.model], Path(a.output), a.judge_url, a.judge_model, api_key=os.environ.get(a.api_key_env),
             limit=a.limit, max_new_tokens=a.max_new_tokens, concurrency=a.concurrency, retries=a.retries)
     for name, s in r["single"].items():
         mean = "n/a" if s["mean"] is None else f"{s['mean']:.2f}"

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
+from typing import Literal
 
+from orizuru.config import parse_subcommand
 from orizuru.model.resize import resize_model_dir
 
 
+@dataclass
+class ModelResize:
+    """Grow embeddings and lm_head for an expanded tokenizer."""
+
+    model: str  # HF Llama directory (with its tokenizer)
+    tokenizer: str  # expanded tokenizer directory ('orizuru tokenizer expand')
+    output: str  # model directory to write
+    init: Literal["mean", "random"] = "mean"  # new rows: mean of the old pieces' rows, or N(0, init_std)
+    seed: int = 0  # seed for --init random
+
+
+SUBCOMMANDS = {"resize": ModelResize}
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="orizuru model", description="model surgery")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("resize", help="grow embeddings and lm_head for an expanded tokenizer")
-    p.add_argument("--model", required=True, metavar="DIR", help="HF Llama directory (with its tokenizer)")
-    p.add_argument("--tokenizer", required=True, metavar="NEW", help="expanded tokenizer directory ('orizuru tokenizer expand')")
-    p.add_argument("--init", choices=["mean", "random"], default="mean", help="new rows: mean of the old pieces' rows, or N(0, init_std)")
-    p.add_argument("--seed", type=int, default=0, help="seed for --init random")
-    p.add_argument("--output", required=True, metavar="DIR")
-    args = parser.parse_args(argv)
+    _, args = parse_subcommand(SUBCOMMANDS, argv, "orizuru model", "Model surgery.")
     info = resize_model_dir(args.model, args.tokenizer, args.output, init=args.init, seed=args.seed)
     print(f"resized {args.model}: {info['rows_before']} -> {info['rows_after']} rows, {info['new_tokens']} new tokens "
           f"({info['init']} init) -> {args.output}")

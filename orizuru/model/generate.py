@@ -8,14 +8,15 @@ in a batch. `orizuru generate` is the command-line front end.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 
+from orizuru.config import ConfigError, parse_command
 from orizuru.errors import UserError
 from orizuru.model.checkpoint import check_tokenizer_matches, generation_ids, load_model
 from orizuru.model.llama import KVCache, Llama
@@ -227,52 +228,57 @@ def _read_prompts(path: str) -> list[str]:
     return prompts
 
 
+@dataclass
+class GenerateConfig:
+    """`orizuru generate`: greedy unless --temperature is given; prints only the generated text
+    (streamed for a single prompt)."""
+
+    model: str  # model directory (config.json, safetensors, tokenizer.json)
+    prompt: list[str] = field(default_factory=list)  # prompt text (several, or repeat the flag, for a batch)
+    prompts_file: str | None = None  # text file with one prompt per line, or JSONL with a 'prompt' field
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0: greedy
+    top_k: int | None = None  # sample only among the k most likely tokens
+    top_p: float | None = None  # sample only within this probability mass (nucleus)
+    seed: int | None = None  # seed for sampling (repeatable output)
+    stop: list[str] = field(default_factory=list)  # stop strings; not printed
+    batch_size: int = 8  # prompts decoded together
+    device: str = "auto"  # auto: cuda when available, else cpu
+    jsonl: bool = False  # print {"prompt", "text"} per prompt instead of the text
+
+    def validate(self) -> None:
+        if not self.prompt and not self.prompts_file:
+            raise ConfigError("give at least one --prompt or --prompts-file")
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ConfigError("--batch-size and --max-new-tokens must be >= 1")
+        if (self.top_k is not None or self.top_p is not None) and self.temperature == 0:
+            raise ConfigError("--top-k/--top-p only apply when sampling: give --temperature > 0")
+
+
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(
-        prog="orizuru generate",
-        description="Generate text from a Hugging Face Llama directory. Greedy unless --temperature "
-        "is given; prints only the generated text (streamed for a single prompt).",
-    )
-    ap.add_argument("--model", required=True, help="model directory (config.json, safetensors, tokenizer.json)")
-    ap.add_argument("--prompt", action="append", default=[], help="prompt text (repeat for a batch)")
-    ap.add_argument("--prompts-file", help="text file with one prompt per line, or JSONL with a 'prompt' field")
-    ap.add_argument("--max-new-tokens", type=int, required=True)
-    ap.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
-    ap.add_argument("--top-k", type=int)
-    ap.add_argument("--top-p", type=float)
-    ap.add_argument("--seed", type=int, help="seed for sampling (repeatable output)")
-    ap.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not printed")
-    ap.add_argument("--batch-size", type=int, default=8, help="prompts decoded together")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--jsonl", action="store_true", help='print {"prompt", "text"} per prompt instead of text')
-    args = ap.parse_args(argv)
-
-
-    texts = list(args.prompt) + (_read_prompts(args.prompts_file) if args.prompts_file else [])
-    if not texts:
-        ap.error("give at least one --prompt or --prompts-file")
-    if args.batch_size < 1:
-        ap.error("--batch-size must be >= 1")
-    if (args.top_k is not None or args.top_p is not None) and args.temperature == 0:
-        ap.error("--top-k/--top-p only apply when sampling: give --temperature > 0")
-    tokenizer = Tokenizer.load(args.model)
-    dtype = torch.bfloat16 if str(args.device).startswith("cuda") else torch.float32
-    model = load_model(args.model, device=args.device, dtype=dtype)
-    check_tokenizer_matches(model.cfg, tokenizer, where=args.model)
-    eos = generation_ids(args.model).get("eos_token_id", tokenizer.eos_id)
+    cfg = parse_command(GenerateConfig, argv, "orizuru generate", GenerateConfig.__doc__)
+    texts = list(cfg.prompt) + (_read_prompts(cfg.prompts_file) if cfg.prompts_file else [])
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    tokenizer = Tokenizer.load(cfg.model)
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = load_model(cfg.model, device=device, dtype=dtype)
+    check_tokenizer_matches(model.cfg, tokenizer, where=cfg.model)
+    eos = generation_ids(cfg.model).get("eos_token_id", tokenizer.eos_id)
     opts = dict(
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_id=eos,
-        stop_strings=args.stop or None, tokenizer=tokenizer, seed=args.seed,
+        temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, eos_id=eos,
+        stop_strings=cfg.stop or None, tokenizer=tokenizer, seed=cfg.seed,
     )  # fmt: skip
-    if len(texts) == 1 and not args.jsonl:
-        printer = StreamPrinter(tokenizer, args.stop)
-        [new] = generate(model, [tokenizer.encode(texts[0], bos=True)], args.max_new_tokens, on_token=printer, **opts)
+    room = model.cfg.max_seq_len - cfg.max_new_tokens  # a prompt too long for it is an error with the counts
+    if len(texts) == 1 and not cfg.jsonl:
+        printer = StreamPrinter(tokenizer, cfg.stop)
+        ids, _ = tokenizer.encode_prompt(texts[0], room, truncate=False)
+        [new] = generate(model, [ids], cfg.max_new_tokens, on_token=printer, **opts)
         printer.finish(tokenizer.decode(new))
         return 0
-    for start in range(0, len(texts), args.batch_size):
-        chunk = texts[start : start + args.batch_size]
-        outs = generate(model, tokenizer.encode_batch(chunk, bos=True), args.max_new_tokens, **opts)
+    for start in range(0, len(texts), cfg.batch_size):
+        chunk = texts[start : start + cfg.batch_size]
+        outs = generate(model, [tokenizer.encode_prompt(text, room, truncate=False)[0] for text in chunk], cfg.max_new_tokens, **opts)
         for prompt, new in zip(chunk, outs):
             text = tokenizer.decode(new)
-            print(json.dumps({"prompt": prompt, "text": text}, ensure_ascii=False) if args.jsonl else text, flush=True)
+            print(json.dumps({"prompt": prompt, "text": text}, ensure_ascii=False) if cfg.jsonl else text, flush=True)
     return 0

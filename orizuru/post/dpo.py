@@ -15,7 +15,6 @@ reference model is freed before training: only the policy is in memory while it 
 
 from __future__ import annotations
 
-import argparse
 import gc
 import hashlib
 import json
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save
 
-from orizuru.config import ConfigError, load_config, save_config
+from orizuru.config import ConfigError, parse_command, save_config
 from orizuru.errors import UserError
 from orizuru.files import atomic_write, write_json
 from orizuru.post.data import PrefData, Unpaired, read_preferences
@@ -247,11 +246,6 @@ def dpo(cfg: DPOConfig) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="orizuru dpo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", help="TOML config (see configs/dpo.toml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. dpo.loss=ipo")
-    p.add_argument("--strict", action="store_true", help="stop at the first bad data row")
-    a = p.parse_args(argv)
-    cfg = load_config(DPOConfig, a.config, list(a.set) + (["data.strict=true"] if a.strict else []))
+    cfg = parse_command(DPOConfig, argv, "orizuru dpo", __doc__.split("\n\n")[0], aliases={"strict": "data.strict"})
     print(json.dumps(dpo(cfg), ensure_ascii=False))
     return 0

@@ -11,7 +11,6 @@ stays in memory, frozen: its log-probs are needed for every new sample.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
@@ -24,7 +23,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from orizuru.config import ConfigError, load_config, save_config
+from orizuru.config import ConfigError, parse_command, save_config
 from orizuru.errors import UserError
 from orizuru.files import write_json
 from orizuru.model.generate import generate
@@ -280,9 +279,5 @@ def ppo(cfg: PPOConfig) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="orizuru ppo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", help="TOML config (see configs/ppo.toml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. ppo.kl_coef=0.1")
-    a = p.parse_args(argv)
-    print(json.dumps(ppo(load_config(PPOConfig, a.config, a.set)), ensure_ascii=False))
+    print(json.dumps(ppo(parse_command(PPOConfig, argv, "orizuru ppo", __doc__.split("\n\n")[0])), ensure_ascii=False))
     return 0

@@ -8,7 +8,6 @@ transformers loads and scores identically (it pools the last non-padding token, 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from orizuru.config import load_config, save_config
+from orizuru.config import parse_command, save_config
 from orizuru.errors import UserError
 from orizuru.files import atomic_dir, write_json
 from orizuru.model.checkpoint import load_state, model_config_from_hf, model_config_to_hf, read_hf_config
@@ -170,9 +169,5 @@ def train_reward(cfg: RewardConfig) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="orizuru reward", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", help="TOML config (see configs/reward.toml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    a = p.parse_args(argv)
-    print(json.dumps(train_reward(load_config(RewardConfig, a.config, a.set)), ensure_ascii=False))
+    print(json.dumps(train_reward(parse_command(RewardConfig, argv, "orizuru reward", __doc__.split("\n\n")[0])), ensure_ascii=False))
     return 0

@@ -11,20 +11,22 @@ JSONL one row at a time; a rerun continues from the rows already there.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from rapidfuzz.distance import LCSseq
 from tqdm import tqdm
 
+from orizuru.config import parse_command
 from orizuru.errors import UserError
 from orizuru.files import append_jsonl, read_jsonl
 from orizuru.post.data import BadRow, read_rows
+from orizuru.resources import DATA
 
 # tasks a text-only model cannot do (the paper's filter list, in Japanese)
 BLOCKLIST = ["画像", "写真", "グラフ", "図を", "絵を", "動画", "音声", "ファイル", "地図"]
@@ -195,21 +197,30 @@ def self_instruct(
     return counts
 
 
+@dataclass
+class SelfInstructConfig:
+    """`orizuru self-instruct`: generate instruction data from seed tasks through an OpenAI-compatible endpoint."""
+
+    output: str  # JSONL to append generated instructions to (a rerun continues it)
+    base_url: str  # OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1
+    model: str  # model name the endpoint serves
+    seed_tasks: str = str(DATA / "post" / "seed_tasks_ja.jsonl")  # seed tasks JSONL {instruction, input, output, is_classification}
+    num: int = 100  # instructions wanted in total
+    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the API key
+    threshold: float = 0.7  # drop instructions with ROUGE-L >= this against the pool (paper: 0.7)
+    temperature: float = 0.7
+    max_tokens: int = 1024  # completion length cap per request
+    seed: int = 0
+    max_requests: int | None = None  # stop after this many requests; None: 20 * num
+    strict: bool = False  # stop at the first bad seed task (default: skip it, reported with file:line)
+
+
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="orizuru self-instruct", description=__doc__.split("\n\n")[0])
-    p.add_argument("--seed-tasks", required=True, help="seed tasks JSONL {instruction, input, output, is_classification} (e.g. data/post/seed_tasks_ja.jsonl)")
-    p.add_argument("--output", required=True, help="JSONL to append generated instructions to (a rerun continues it)")
-    p.add_argument("--num", type=int, default=100, help="instructions wanted in total")
-    p.add_argument("--base-url", required=True, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
-    p.add_argument("--model", required=True, help="model name the endpoint serves")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key (default: OPENAI_API_KEY)")
-    p.add_argument("--threshold", type=float, default=0.7, help="drop instructions with ROUGE-L >= this against the pool (paper: 0.7)")
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
+    a = parse_command(SelfInstructConfig, argv, "orizuru self-instruct", __doc__.split("\n\n")[0])
     counts = self_instruct(
         a.seed_tasks, a.output, a.num, base_url=a.base_url, model=a.model, api_key=os.environ.get(a.api_key_env, "none"),
-        threshold=a.threshold, temperature=a.temperature, seed=a.seed,
+        threshold=a.threshold, temperature=a.temperature, max_tokens=a.max_tokens, seed=a.seed, max_requests=a.max_requests,
+        strict=a.strict,
     )
     print(json.dumps(counts, ensure_ascii=False))
     return 0

@@ -10,7 +10,6 @@ is needed); epochs and a warm-up ratio set the schedule (PLaMo-13B-Instruct: lr 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Literal
 
 import torch
 
-from orizuru.config import ConfigError, load_config, save_config
+from orizuru.config import ConfigError, parse_command, save_config
 from orizuru.files import write_json
 from orizuru.model.lora import apply_lora, merge_lora, save_adapter
 from orizuru.post.chat import render
@@ -156,12 +155,7 @@ def sft(cfg: SFTConfig) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="orizuru sft", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", help="TOML config (see configs/sft.toml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.lr=2e-5")
-    p.add_argument("--lora-rank", type=int, help="train a LoRA adapter of this rank (same as --set lora.rank=N)")
-    p.add_argument("--strict", action="store_true", help="stop at the first bad data row (same as --set data.strict=true)")
-    a = p.parse_args(argv)
-    overrides = list(a.set) + ([f"lora.rank={a.lora_rank}"] if a.lora_rank is not None else []) + (["data.strict=true"] if a.strict else [])
-    print(json.dumps(sft(load_config(SFTConfig, a.config, overrides)), ensure_ascii=False))
+    cfg = parse_command(SFTConfig, argv, "orizuru sft", __doc__.split("\n\n")[0],
+                        aliases={"lora-rank": "lora.rank", "strict": "data.strict"})
+    print(json.dumps(sft(cfg), ensure_ascii=False))
     return 0

@@ -13,17 +13,18 @@ Rows are appended as they are labelled; a rerun continues after the last one wri
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
 import unicodedata
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from orizuru.config import parse_command
 from orizuru.errors import UserError
 from orizuru.files import append_jsonl, read_jsonl
 from orizuru.model.checkpoint import load_model
@@ -117,18 +118,26 @@ def slick(
     return {k: counts.get(k, 0) for k in LABELS}
 
 
+@dataclass
+class SlickConfig:
+    """`orizuru slick`: label QA examples by what the base model knows (SliCK)."""
+
+    model: str  # HF Llama directory (the base model to be fine-tuned)
+    data: str  # QA JSONL: {question, answer|answers} or {instruction, output}
+    output: str  # labelled JSONL (a rerun continues it)
+    shots: int = 4  # few-shot exemplars per prompt
+    prompts: int = 4  # different exemplar sets, each answered greedily
+    samples: int = 8  # temperature samples per row
+    temperature: float = 0.5
+    max_new_tokens: int = 32
+    seed: int = 0
+    device: str = "cpu"
+    strict: bool = False  # stop at the first bad row (default: skip it, reported with file:line)
+
+
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="orizuru slick", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="HF Llama directory (the base model to be fine-tuned)")
-    p.add_argument("--data", required=True, help="QA JSONL: {question, answer|answers} or {instruction, output}")
-    p.add_argument("--output", required=True, help="labelled JSONL (a rerun continues it)")
-    p.add_argument("--shots", type=int, default=4, help="few-shot exemplars per prompt")
-    p.add_argument("--prompts", type=int, default=4, help="different exemplar sets, each answered greedily")
-    p.add_argument("--samples", type=int, default=8, help="temperature samples per row")
-    p.add_argument("--temperature", type=float, default=0.5)
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    counts = slick(a.model, a.data, a.output, shots=a.shots, prompts=a.prompts, samples=a.samples, temperature=a.temperature, max_new_tokens=a.max_new_tokens, seed=a.seed)
+    a = parse_command(SlickConfig, argv, "orizuru slick", __doc__.split("\n\n")[0])
+    counts = slick(a.model, a.data, a.output, shots=a.shots, prompts=a.prompts, samples=a.samples, temperature=a.temperature,
+                   max_new_tokens=a.max_new_tokens, seed=a.seed, device=a.device, strict=a.strict)
     print(json.dumps(counts))
     return 0

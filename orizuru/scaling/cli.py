@@ -2,62 +2,85 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from orizuru.config import load_config
+from orizuru.config import ConfigError, parse_subcommand, positional, stage_config
 from orizuru.errors import UserError
 from orizuru.scaling.fit import _iv, fit, format_fit, predict, write_report
 from orizuru.scaling.sweep import SweepConfig, load_runs, sample_data, sweep
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="orizuru scaling", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    sp = sub.add_parser("sweep", help="run (or resume) an IsoFLOP grid of small pre-training runs")
-    sp.add_argument("--config", required=True, help="sweep TOML (see configs/scaling/)")
-    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    sp.add_argument("--dry-run", action="store_true", help="list the grid and what is done, train nothing")
-    sp.add_argument("--jobs", type=int, default=1, help="runs trained at once, each its own process (default 1)")
-    dp = sub.add_parser("data", help="tokenizer + shards from the shipped text, for a CPU sweep")
-    dp.add_argument("--out", default="runs/scaling", help="writes OUT/tokenizer and OUT/data")
-    dp.add_argument("--vocab-size", type=int, default=512)
-    fp = sub.add_parser("fit", help="fit Approaches 2 and 3 to finished runs")
-    fp.add_argument("runs", nargs="+", metavar="RUN_DIRS", help="run directories, or sweep directories holding them")
-    fp.add_argument("--out", help="report directory (fit.json, report.md, PNGs); default <first dir>/fit")
-    fp.add_argument("--count", choices=["total", "non-embedding"], default="total", help="which parameters are N")
-    fp.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples for the intervals")
-    fp.add_argument("--min-steps", type=int, default=0, help="leave out runs shorter than this many steps")
-    fp.add_argument("--json", action="store_true", help="print the fit as JSON")
-    pp = sub.add_parser("predict", help="predict the loss of a run from a fit")
-    pp.add_argument("--fit", required=True, help="fit.json from `orizuru scaling fit`")
-    pp.add_argument("--params", type=float)
-    pp.add_argument("--tokens", type=float)
-    pp.add_argument("--run", help="a finished run: take N and D from it and report the prediction error")
-    pp.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
+@dataclass
+class ScalingSweep:
+    """Run (or resume) an IsoFLOP grid of small pre-training runs (configs/scaling/ has one)."""
 
-    if args.cmd == "sweep":
-        cfg = load_config(SweepConfig, args.config, args.set)
-        rows = sweep(cfg, dry_run=args.dry_run, jobs=args.jobs)
+    dry_run: bool = False  # list the grid and what is done, train nothing
+    jobs: int = 1  # runs trained at once, each its own process
+    sweep: SweepConfig = stage_config(SweepConfig)
+
+
+@dataclass
+class ScalingData:
+    """Tokenizer + shards from the shipped text, for a CPU sweep."""
+
+    out: str = "runs/scaling"  # writes OUT/tokenizer and OUT/data
+    vocab_size: int = 512
+
+    def validate(self) -> None:
+        if self.vocab_size < 512:
+            raise ConfigError(f"--vocab-size must be >= 512 (256 byte tokens + specials + merges), got {self.vocab_size}")
+
+
+@dataclass
+class ScalingFit:
+    """Fit Approaches 2 and 3 to finished runs."""
+
+    run_dirs: list[str] = positional()  # run directories, or sweep directories holding them
+    out: str | None = None  # report directory (fit.json, report.md, PNGs); None: <first dir>/fit
+    count: Literal["total", "non-embedding"] = "total"  # which parameters are N
+    bootstrap: int = 100  # bootstrap resamples for the intervals
+    min_steps: int = 0  # leave out runs shorter than this many steps
+    json: bool = False  # print the fit as JSON
+
+    def validate(self) -> None:
+        if self.bootstrap < 0:
+            raise ConfigError(f"--bootstrap must be >= 0, got {self.bootstrap}")
+
+
+@dataclass
+class ScalingPredict:
+    """Predict the loss of a run from a fit."""
+
+    fit: str  # fit.json from `orizuru scaling fit`
+    params: float | None = None  # parameters N
+    tokens: float | None = None  # training tokens D
+    run: str | None = None  # a finished run: take N and D from it and report the prediction error
+    json: bool = False  # print the prediction as JSON
+
+
+SUBCOMMANDS = {"data": ScalingData, "sweep": ScalingSweep, "fit": ScalingFit, "predict": ScalingPredict}
+
+
+def main(argv: list[str]) -> int:
+    cmd, args = parse_subcommand(SUBCOMMANDS, argv, "orizuru scaling", __doc__.split("\n\n")[0])
+    if cmd == "sweep":
+        rows = sweep(args.sweep, dry_run=args.dry_run, jobs=args.jobs)
         for r in rows:
             loss = f"val_loss {r['val_loss']:.4f}" if "val_loss" in r else r["status"]
             print(f"{r['name']:<14} C {r['compute']:.3g}  dim {r['dim']:>4} depth {r['depth']:>2} "
                   f"steps {r['steps']:>6}  {loss}")
         return 0
-    if args.cmd == "data":
-        if args.vocab_size < 512:
-            raise UserError(f"--vocab-size must be >= 512 (256 byte tokens + specials + merges), got {args.vocab_size}")
+    if cmd == "data":
         print(json.dumps(sample_data(Path(args.out), args.vocab_size)))
         return 0
-    if args.cmd == "fit":
-        if args.bootstrap < 0:
-            raise UserError(f"--bootstrap must be >= 0, got {args.bootstrap}")
-        runs = load_runs(args.runs, args.count, args.min_steps)
+    if cmd == "fit":
+        runs = load_runs(args.run_dirs, args.count, args.min_steps)
         res = fit(runs, n_boot=args.bootstrap)
         res.update(count=args.count, min_steps=args.min_steps)
-        out = Path(args.out or Path(args.runs[0]) / "fit")
+        out = Path(args.out or Path(args.run_dirs[0]) / "fit")
         write_report(res, out)
         if args.json:
             a3 = {k: v for k, v in res["approach3"].items() if k != "samples"}

@@ -19,10 +19,10 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from orizuru.config import save_config, validate
+from orizuru.config import ConfigError, parse_command, save_config, validate
 from orizuru.errors import UserError
 from orizuru.model.config import ModelConfig
 from orizuru.report import table
@@ -516,33 +516,51 @@ def parse_count(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number like 7B, 1.4T or 3e21, got {text!r}") from None
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="orizuru plan", description=__doc__.split("\n\n")[0])
-    p.add_argument("--compute", type=parse_count, help="training FLOPs")
-    p.add_argument("--gpu-hours", type=parse_count, help="GPU-hours; FLOPs = hours * peak(--gpu) * --mfu")
-    p.add_argument("--params", type=parse_count, help="parameters N (all, embeddings included)")
-    p.add_argument("--tokens", type=parse_count, help="training tokens D (with --target-loss: the token cap)")
-    p.add_argument("--unique-tokens", type=parse_count, help="unique tokens available (data-constrained mode)")
-    p.add_argument("--target-loss", type=float, help="inference-aware mode: the loss to reach")
-    p.add_argument("--inference-tokens", type=parse_count, default=0.0,
-                   help="tokens to be served over the model's life (inference-aware mode)")
-    p.add_argument("--law", choices=sorted(LAWS), default="besiroglu", help="published constants of L(N, D)")
-    p.add_argument("--fit", help="use the law fitted by `orizuru scaling fit --out FILE` instead")
-    p.add_argument("--gpu", default="h100", help=f"one of {', '.join(GPUS)}")
-    p.add_argument("--gpus", type=int, default=1, help="GPUs in parallel (wall time)")
-    p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation")
-    p.add_argument("--seq-len", type=int, default=2048)
-    p.add_argument("--no-attention", action="store_true", help="count C = 6ND only (the laws' own convention)")
-    p.add_argument("--vocab-size", type=int, default=32000)
-    p.add_argument("--kv-groups", type=int, default=1, help="query heads per KV head (GQA)")
-    p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--micro-batch", type=int, default=16, help="sequences per micro-step")
-    p.add_argument("--out", help="write a ready PretrainConfig TOML here")
-    p.add_argument("--run-dir", default="runs/plan", help="run.dir in the written config")
-    p.add_argument("--data", nargs="*", default=[], help="token shard dirs for data.dirs in the written config")
-    p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    args = p.parse_args(argv)
+COUNTS = ("compute", "gpu_hours", "params", "tokens", "unique_tokens", "inference_tokens")
 
+
+@dataclass
+class PlanConfig:
+    """`orizuru plan`: counts are numbers or like 7B, 1.4T, 3e21."""
+
+    compute: float | str | None = None  # training FLOPs
+    gpu_hours: float | str | None = None  # GPU-hours; FLOPs = hours * peak(--gpu) * --mfu
+    params: float | str | None = None  # parameters N (all, embeddings included)
+    tokens: float | str | None = None  # training tokens D (with --target-loss: the token cap)
+    unique_tokens: float | str | None = None  # unique tokens available (data-constrained mode)
+    target_loss: float | None = None  # inference-aware mode: the loss to reach
+    inference_tokens: float | str = 0.0  # tokens to be served over the model's life (inference-aware mode)
+    law: str = "besiroglu"  # published constants of L(N, D): besiroglu or hoffmann
+    fit: str | None = None  # use the law fitted by `orizuru scaling fit` (its fit.json) instead
+    gpu: str = "h100"  # one of the cost table's GPUs (v100, a100, l4, h100, h200, b200)
+    gpus: int = 1  # GPUs in parallel (wall time)
+    mfu: float = 0.4  # model FLOPs utilisation
+    seq_len: int = 2048
+    attention: bool = True  # count attention FLOPs; --no-attention: C = 6ND only (the laws' own convention)
+    vocab_size: int = 32000
+    kv_groups: int = 1  # query heads per KV head (GQA)
+    head_dim: int = 64
+    micro_batch: int = 16  # sequences per micro-step
+    out: str | None = None  # write a ready PretrainConfig TOML here
+    run_dir: str = "runs/plan"  # run.dir in the written config
+    data: list[str] = field(default_factory=list)  # token shard dirs for data.dirs in the written config
+    json: bool = False  # print the plan as JSON
+
+    def validate(self) -> None:
+        """Counts as text (`7B`) become numbers; an unknown law fails here."""
+        for key in COUNTS:
+            value = getattr(self, key)
+            if isinstance(value, str):
+                try:
+                    setattr(self, key, parse_count(value))
+                except argparse.ArgumentTypeError as e:
+                    raise ConfigError(f"--{key.replace('_', '-')}: {e}") from None
+        if self.law not in LAWS:
+            raise ConfigError(f"--law: unknown law '{self.law}' (known: {', '.join(sorted(LAWS))})")
+
+
+def main(argv: list[str]) -> int:
+    args = parse_command(PlanConfig, argv, "orizuru plan", __doc__.split("\n\n")[0])
     for key in ("seq_len", "vocab_size", "kv_groups", "head_dim", "micro_batch"):
         if getattr(args, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
@@ -558,7 +576,7 @@ def main(argv: list[str]) -> int:
             raise UserError(f"--gpu-hours must be positive, got {args.gpu_hours}")
         compute = args.gpu_hours * 3600 * GPUS[args.gpu][0] * args.mfu
     sizing = Sizing(vocab_size=args.vocab_size, seq_len=args.seq_len, head_dim=args.head_dim,
-                    aspect=64, kv_groups=args.kv_groups, attention=not args.no_attention)
+                    aspect=64, kv_groups=args.kv_groups, attention=args.attention)
     plan = make_plan(
         compute=compute, params=args.params, tokens=args.tokens, law=load_law(args.law, args.fit), sizing=sizing,
         unique_tokens=args.unique_tokens, target_loss=args.target_loss, inference_tokens=args.inference_tokens,

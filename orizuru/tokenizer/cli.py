@@ -6,26 +6,82 @@ so an interrupted run leaves nothing half-written.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from orizuru.config import ConfigError, parse_subcommand
 from orizuru.files import atomic_dir, write_json
 from orizuru.tokenizer.expand import expand_vocab
 from orizuru.tokenizer.report import report_files, report_markdown
 from orizuru.tokenizer.tokenizer import Tokenizer, expand_inputs, from_sentencepiece, sample_texts, train_bpe, train_unigram
 
 
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return n
+def _positive(cfg, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+
+
+@dataclass
+class TokenizerTrain:
+    """Train a byte-fallback BPE or unigram tokenizer on text/JSONL files."""
+
+    input: list[str]  # text, .jsonl or .jsonl.gz files, globs or directories
+    vocab_size: int
+    output: str  # tokenizer directory to write
+    model: Literal["bpe", "unigram"] = "bpe"
+    nfkc: bool = False  # NFKC-normalise text (full-width/half-width unification)
+    max_chars: int | None = None  # train on a uniform sample of about this many characters
+    seed: int = 0  # seed for the sample
+    min_frequency: int = 2  # BPE: least count of a pair to merge
+    text_field: str = "text"  # JSONL field holding the text
+
+    def validate(self) -> None:
+        _positive(self, "vocab_size", "max_chars", "min_frequency")
+
+
+@dataclass
+class TokenizerReport:
+    """Chars/bytes per token, byte fallback, Jōyō coverage (Markdown or JSON)."""
+
+    tokenizer: list[str]  # tokenizer directories, each DIR or NAME=DIR
+    text: list[str]  # text files or globs to measure on
+    max_chars: int = 1_000_000  # characters per language to measure on
+    json: bool = False  # print JSON instead of Markdown
+    output: str | None = None  # also write report.md and report.json to this directory
+
+    def validate(self) -> None:
+        _positive(self, "max_chars")
+
+
+@dataclass
+class TokenizerExpand:
+    """Add the N most useful Japanese tokens to a base tokenizer (Swallow)."""
+
+    base: str  # tokenizer directory (tokenizer.json or a SentencePiece tokenizer.model)
+    corpus: list[str]  # Japanese text to learn tokens on (files or globs)
+    add: int  # tokens to add
+    output: str  # tokenizer directory to write
+    max_chars: int = 2_000_000  # learn on a uniform sample of about this many characters
+    learn_vocab_size: int | None = None  # size of the Japanese BPE learned first (None: 264 + max(4 * add, 1000))
+    seed: int = 0  # seed for the sample
+    text_field: str = "text"  # JSONL field holding the text
+
+    def validate(self) -> None:
+        _positive(self, "add", "max_chars", "learn_vocab_size")
+
+
+@dataclass
+class TokenizerConvert:
+    """Write tokenizer.json for a SentencePiece .model (or any tokenizer directory)."""
+
+    input: str  # a tokenizer.model file or a tokenizer directory
+    output: str  # tokenizer directory to write
 
 
 def _chat_template(directory: Path) -> str | None:
@@ -36,7 +92,7 @@ def _chat_template(directory: Path) -> str | None:
         return None
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def cmd_train(args: TokenizerTrain) -> int:
     files = expand_inputs(args.input)
     stats = {"docs": 0, "chars": 0}
 
@@ -86,7 +142,7 @@ def _named_dirs(items: list[str]) -> dict[str, Path]:
     return out
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def cmd_report(args: TokenizerReport) -> int:
     report = report_files(_named_dirs(args.tokenizer), expand_inputs(args.text), max_chars=args.max_chars)
     markdown = report_markdown(report)
     if args.output:
@@ -97,7 +153,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_expand(args: argparse.Namespace) -> int:
+def cmd_expand(args: TokenizerExpand) -> int:
     base = Tokenizer.load(args.base)
     files = expand_inputs(args.corpus)
     texts = list(sample_texts(files, args.max_chars, seed=args.seed, text_field=args.text_field))
@@ -124,7 +180,7 @@ def cmd_expand(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_convert(args: argparse.Namespace) -> int:
+def cmd_convert(args: TokenizerConvert) -> int:
     source = Path(args.input)
     tok = from_sentencepiece(source) if source.is_file() else Tokenizer.load(source)
     with atomic_dir(args.output) as tmp:
@@ -133,45 +189,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+SUBCOMMANDS = {"train": TokenizerTrain, "report": TokenizerReport, "expand": TokenizerExpand, "convert": TokenizerConvert}
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="orizuru tokenizer", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("train", help="train a byte-fallback BPE or unigram tokenizer on text/JSONL files")
-    p.add_argument("--input", nargs="+", required=True, metavar="FILE_OR_GLOB", help="text, .jsonl or .jsonl.gz files, globs or directories")
-    p.add_argument("--vocab-size", type=_positive, required=True)
-    p.add_argument("--output", required=True, metavar="DIR")
-    p.add_argument("--model", choices=["bpe", "unigram"], default="bpe")
-    p.add_argument("--nfkc", action="store_true", help="NFKC-normalise text (full-width/half-width unification)")
-    p.add_argument("--max-chars", type=_positive, default=None, help="train on a uniform sample of about this many characters")
-    p.add_argument("--seed", type=int, default=0, help="seed for the sample")
-    p.add_argument("--min-frequency", type=_positive, default=2, help="BPE: least count of a pair to merge")
-    p.add_argument("--text-field", default="text", help="JSONL field holding the text")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("report", help="chars/bytes per token, byte fallback, Jōyō coverage (Markdown or JSON)")
-    p.add_argument("--tokenizer", nargs="+", required=True, metavar="[NAME=]DIR")
-    p.add_argument("--text", nargs="+", required=True, metavar="FILE_OR_GLOB")
-    p.add_argument("--max-chars", type=_positive, default=1_000_000, help="characters per language to measure on")
-    p.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
-    p.add_argument("--output", metavar="DIR", help="also write report.md and report.json here")
-    p.set_defaults(func=cmd_report)
-
-    p = sub.add_parser("expand", help="add the N most useful Japanese tokens to a base tokenizer (Swallow)")
-    p.add_argument("--base", required=True, metavar="DIR", help="tokenizer directory (tokenizer.json or a SentencePiece tokenizer.model)")
-    p.add_argument("--corpus", nargs="+", required=True, metavar="FILE_OR_GLOB", help="Japanese text to learn tokens on")
-    p.add_argument("--add", type=_positive, required=True, metavar="N")
-    p.add_argument("--output", required=True, metavar="DIR")
-    p.add_argument("--max-chars", type=_positive, default=2_000_000, help="learn on a uniform sample of about this many characters")
-    p.add_argument("--learn-vocab-size", type=_positive, default=None, help="size of the Japanese BPE learned first (default 264 + max(4N, 1000))")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--text-field", default="text")
-    p.set_defaults(func=cmd_expand)
-
-    p = sub.add_parser("convert", help="write tokenizer.json for a SentencePiece .model (or any tokenizer directory)")
-    p.add_argument("--input", required=True, metavar="MODEL_OR_DIR", help="a tokenizer.model file or a tokenizer directory")
-    p.add_argument("--output", required=True, metavar="DIR")
-    p.set_defaults(func=cmd_convert)
-
-    args = parser.parse_args(argv)
-    return args.func(args)
+    name, cfg = parse_subcommand(SUBCOMMANDS, argv, "orizuru tokenizer", __doc__.split("\n")[0])
+    return {"train": cmd_train, "report": cmd_report, "expand": cmd_expand, "convert": cmd_convert}[name](cfg)

@@ -11,7 +11,6 @@ The pieces (`configure_optimizer`, `lr_at`, `save_checkpoint`, `load_checkpoint`
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -31,7 +30,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from tqdm import tqdm
 
-from orizuru.config import ConfigError, load_config, save_config
+from orizuru.config import ConfigError, parse_command, save_config
 from orizuru.errors import UserError
 from orizuru.files import append_jsonl, atomic_dir, atomic_write, read_jsonl, write_json
 from orizuru.model.checkpoint import load_model, save_model
@@ -297,7 +296,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
             elapsed = time.perf_counter() - t_last
             train_loss = all_mean(loss_acc.item() / steps_since, device)
             tps = tokens_per_step * steps_since / elapsed
-            row = {"loss": round(train_loss, 6), "lr": lr, "grad_norm": round(float(grad_norm), 6), "tokens_per_s": round(tps, 1), "tokens": done * tokens_per_step}
+            row = {"loss": round(train_loss, 6), "lr": lr, "grad_norm": round(float(grad_norm), 6), "tokens_per_s": round(tps, 1),
+                   "tokens": done * tokens_per_step}
             util = cuda_mfu(fpt, tps / world)
             if util is not None:
                 row["mfu"] = round(util, 4)
@@ -338,13 +338,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="orizuru pretrain", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", help="TOML config (see configs/); a run directory's config.toml repeats that run")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.lr=3e-4")
-    p.add_argument("--init-from", help="HF Llama directory to continue pre-training from (same as --set train.init_from=DIR)")
-    a = p.parse_args(argv)
-    overrides = list(a.set) + ([f"train.init_from={json.dumps(a.init_from)}"] if a.init_from else [])
-    cfg = load_config(PretrainConfig, a.config, overrides)
+    cfg = parse_command(PretrainConfig, argv, "orizuru pretrain", __doc__.split("\n\n")[0],
+                        aliases={"init-from": "train.init_from"})
     try:
         summary = pretrain(cfg)
         if not dist.is_initialized() or dist.get_rank() == 0:

@@ -14,16 +14,17 @@ exactly what 1 process x batch 8 sees, and resuming needs only the step number.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from orizuru.config import parse_command
 from orizuru.errors import UserError
 from orizuru.files import atomic_write, write_json
 from orizuru.tokenizer.tokenizer import BYTE_TOKENS, Tokenizer, iter_texts
@@ -189,15 +190,20 @@ def read_meta(directory: str | Path) -> dict:
     return meta
 
 
+@dataclass
+class TokenizeConfig:
+    """`orizuru tokenize`: stream text/JSONL files into packed token shards."""
+
+    tokenizer: str  # directory with tokenizer.json
+    input: list[str]  # text files (blank-line separated documents) or JSONL
+    output: str  # shard directory (resumable: finished inputs are skipped)
+    val_fraction: float = 0.01  # share of the documents held out for validation
+    text_field: str = "text"  # JSONL field holding the document text
+    seed: int = 0  # seed of which documents are held out
+
+
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="orizuru tokenize", description="Stream text/JSONL files into packed token shards.")
-    p.add_argument("--tokenizer", required=True, help="directory with tokenizer.json")
-    p.add_argument("--input", nargs="+", required=True, help="text files (blank-line separated documents) or JSONL")
-    p.add_argument("--output", required=True, help="shard directory (resumable: finished inputs are skipped)")
-    p.add_argument("--val-fraction", type=float, default=0.01)
-    p.add_argument("--text-field", default="text", help="JSONL field holding the document text")
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
+    a = parse_command(TokenizeConfig, argv, "orizuru tokenize", TokenizeConfig.__doc__)
     stats = tokenize_files(a.input, a.tokenizer, a.output, val_fraction=a.val_fraction, seed=a.seed, text_field=a.text_field)
     print(json.dumps(stats, indent=2))
     return 0
