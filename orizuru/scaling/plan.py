@@ -25,6 +25,7 @@ from pathlib import Path
 from orizuru.config import save_config, validate
 from orizuru.errors import UserError
 from orizuru.model.config import ModelConfig
+from orizuru.model.flops import count_params
 from orizuru.report import table
 from orizuru.train.config import DataConfig, PretrainConfig, RunConfig, TrainConfig
 
@@ -137,22 +138,13 @@ class Sizing:
         best, err = None, math.inf
         for depth in range(1, 257):
             cfg = self.model(depth)
-            e = abs(math.log(count_params(cfg) / n))
+            total = count_params(cfg).total
+            e = abs(math.log(total / n))
             if e < err:
                 best, err = cfg, e
-            elif count_params(cfg) > n:
+            elif total > n:
                 break
         return best
-
-
-def count_params(cfg: ModelConfig) -> int:
-    """Exact parameter count of orizuru.model.Llama(cfg) (LLaMA: no biases)."""
-    d, hd = cfg.dim, cfg.head_dim or cfg.dim // cfg.n_heads
-    ffn = cfg.ffn_dim or -(-int(8 * d / 3) // 64) * 64
-    attn = d * cfg.n_heads * hd * 2 + d * cfg.n_kv_heads * hd * 2
-    layer = attn + 3 * d * ffn + 2 * d
-    embed = cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
-    return cfg.n_layers * layer + embed + d
 
 
 # ---------------------------------------------------------------- the arithmetic
@@ -384,15 +376,15 @@ def make_plan(
 
     n_opt, d_opt = optimal(compute, law, sizing)
     model = sizing.closest_model(params)
+    counted = count_params(model)
     plan.update({
         "params": params, "tokens": tokens, "flops": compute, "tokens_per_param": tokens / params,
         "predicted_loss": law.loss(params, tokens),
         "optimal": {"params": n_opt, "tokens": d_opt, "predicted_loss": law.loss(n_opt, d_opt)},
-        "kaplan": kaplan(max(params - model.vocab_size * model.dim * (1 if model.tie_embeddings else 2), 1.0),
-                         tokens, compute),
+        "kaplan": kaplan(max(params - counted.embedding, 1.0), tokens, compute),
         "model": {**{k: getattr(model, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim",
                                                       "ffn_dim", "vocab_size", "tie_embeddings")},
-                  "params": count_params(model)},
+                  "params": counted.total},
         "train": train_settings(compute, tokens, sizing.seq_len, micro_batch),
         "cost": {"gpu": gpu, "gpus": gpus, "mfu": mfu, "table": cost(compute, mfu, gpus)},
     })

@@ -30,11 +30,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orizuru.config import ConfigError, read_toml, validate
+from orizuru.config import ConfigError, from_dict, read_toml, validate
 from orizuru.errors import UserError
 from orizuru.files import write_json
 from orizuru.model.config import ModelConfig
-from orizuru.model.llama import Llama
+from orizuru.model.flops import count_params, flops_per_token
 from orizuru.resources import DATA
 from orizuru.tokenizer.tokenizer import train_bpe_dir
 from orizuru.train.config import DataConfig, PretrainConfig, RunConfig, TrainConfig
@@ -83,15 +83,6 @@ class SweepConfig:
             raise ConfigError(
                 f"config key 'sweep.aspect' ({self.sweep.aspect}) must be a multiple of 'model.head_dim' ({self.model.head_dim})"
             )
-
-
-def flops_per_token(model: ModelConfig, seq_len: int) -> float:
-    """The same count `pretrain` reports (orizuru.model.Llama.flops_per_token), without allocating."""
-    import torch
-
-
-    with torch.device("meta"):
-        return Llama(dataclasses.replace(model)).flops_per_token(seq_len)
 
 
 def _train_tokens(data: DataConfig) -> int:
@@ -268,8 +259,7 @@ def load_runs(paths: list[str], count: str = "total", min_steps: int = 0) -> lis
             raise UserError(f"{d / 'summary.json'}: missing {', '.join(missing)}")
         n = float(s["params"])
         if count == "non-embedding":
-            m = read_toml(d / "config.toml").get("model", {})
-            n -= m.get("vocab_size", 0) * m.get("dim", 0) * (1 if m.get("tie_embeddings") else 2)
+            n -= count_params(from_dict(ModelConfig, read_toml(d / "config.toml").get("model", {}), "model.")).embedding
         if s.get("step", min_steps) < min_steps:
             continue
         runs.append({"name": d.name, "dir": str(d), "N": n, "D": float(s["tokens"]), "C": float(s["flops"]),
