@@ -22,6 +22,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from scipy.optimize import minimize_scalar
+
 from orizuru.config import save_config, validate
 from orizuru.errors import UserError
 from orizuru.model.config import ModelConfig
@@ -151,21 +153,10 @@ class Sizing:
 
 
 def _argmin_log(f, lo: float, hi: float) -> float:
-    """Minimise a unimodal f over [lo, hi] on a log grid, then golden-section in log space."""
-    import numpy as np
-
-    grid = np.exp(np.linspace(math.log(lo), math.log(hi), 200))
-    values = [f(x) for x in grid]
-    i = int(np.argmin(values))
-    a, b = math.log(grid[max(i - 1, 0)]), math.log(grid[min(i + 1, len(grid) - 1)])
-    phi = (math.sqrt(5) - 1) / 2
-    for _ in range(60):
-        c, d = b - phi * (b - a), a + phi * (b - a)
-        if f(math.exp(c)) < f(math.exp(d)):
-            b = d
-        else:
-            a = c
-    return math.exp((a + b) / 2)
+    """Minimise a unimodal f over [lo, hi] in log space (Brent's bounded method): the range spans decades."""
+    r = minimize_scalar(lambda x: f(math.exp(x)), bounds=(math.log(lo), math.log(hi)), method="bounded",
+                        options={"xatol": 1e-10})
+    return math.exp(r.x)
 
 
 def tokens_for(compute: float, n: float, sizing: Sizing) -> float:
