@@ -115,6 +115,7 @@ def test_inference_aware():
         ({"target_loss": 1.5}, "irreducible"),
         ({"target_loss": 1.9, "tokens": 1e6}, "out of reach"),
         ({"compute": 1e21, "mfu": 1.5}, "--mfu"),
+        ({"params": 100}, "not the optimum of any budget"),  # smaller than the optimum at 1e6 FLOPs
     ],
 )
 def test_bad_inputs(kwargs, words):

@@ -22,7 +22,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from scipy.optimize import minimize_scalar
+from scipy.optimize import brentq, minimize_scalar
 
 from orizuru.config import save_config, validate
 from orizuru.errors import UserError
@@ -80,6 +80,7 @@ GPUS = {
     "b200": (2250e12, 1000),
 }
 PUE = 1.1  # LLaMA §6
+COMPUTE_RANGE = (1e6, 1e40)  # training FLOPs searched for the budget where a size (or token count) is optimal
 TCO2_PER_MWH = 0.385  # LLaMA §6 (US national average carbon intensity)
 
 
@@ -117,13 +118,10 @@ class Sizing:
         return 12 * d * d * depth + (1 if self.tie_embeddings else 2) * self.vocab_size * d
 
     def depth_for(self, n: float) -> float:
-        lo, hi = 0.0, 1.0
+        hi = 1.0
         while self.params_continuous(hi) < n:
             hi *= 2
-        for _ in range(50):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if self.params_continuous(mid) < n else (lo, mid)
-        return (lo + hi) / 2
+        return brentq(lambda depth: self.params_continuous(depth) - n, 0.0, hi)
 
     def attention_flops(self, n: float) -> float:
         """Training FLOPs per token of the attention scores/values: 12 * layers * dim * seq_len."""
@@ -168,15 +166,11 @@ def compute_for(n: float, d: float, sizing: Sizing) -> float:
 
 
 def params_for(compute: float, d: float, sizing: Sizing) -> float:
-    """Solve C = D * (6 N + attention(N)) for N (monotone in N: bisection in log N)."""
+    """Solve C = D * (6 N + attention(N)) for N (monotone in N; at N = C / 3D, 6N alone is twice C / D)."""
     per_token = compute / d
     if sizing.flops_per_token(1.0) >= per_token:
         raise UserError(f"compute {compute:.3g} FLOPs is too small to train any model on {d:.3g} tokens")
-    lo, hi = 1.0, per_token / 6
-    for _ in range(100):
-        mid = math.sqrt(lo * hi)
-        lo, hi = (mid, hi) if sizing.flops_per_token(mid) < per_token else (lo, mid)
-    return math.sqrt(lo * hi)
+    return math.exp(brentq(lambda x: sizing.flops_per_token(math.exp(x)) - per_token, 0.0, math.log(per_token / 3)))
 
 
 def optimal(compute: float, law: Law, sizing: Sizing, unique_tokens: float | None = None) -> tuple[float, float]:
@@ -193,12 +187,16 @@ def optimal(compute: float, law: Law, sizing: Sizing, unique_tokens: float | Non
 
 def compute_where_optimal(target: float, which: str, law: Law, sizing: Sizing) -> float:
     """The budget C at which the optimal N (which='params') or D ('tokens') equals `target`."""
-    lo, hi = 1e6, 1e40
-    for _ in range(60):
-        mid = math.sqrt(lo * hi)
-        n, d = optimal(mid, law, sizing)
-        lo, hi = (mid, hi) if (n if which == "params" else d) < target else (lo, mid)
-    return math.sqrt(lo * hi)
+
+    def excess(log_c):  # ln(optimal / target), increasing in C
+        n, d = optimal(math.exp(log_c), law, sizing)
+        return math.log((n if which == "params" else d) / target)
+
+    lo, hi = math.log(COMPUTE_RANGE[0]), math.log(COMPUTE_RANGE[1])
+    if not excess(lo) < 0 < excess(hi):
+        raise UserError(f"--{which} {target:.3g} is not the optimum of any budget from {COMPUTE_RANGE[0]:.0e} to "
+                        f"{COMPUTE_RANGE[1]:.0e} FLOPs (law {law.name})")
+    return math.exp(brentq(excess, lo, hi))
 
 
 def effective_tokens(d: float, unique: float, r_star: float = R_D_STAR) -> float:
