@@ -19,6 +19,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from orizuru.model.checkpoint import model_config_to_hf
 from orizuru.model.config import ModelConfig
+from orizuru.model.flops import count_params
 from orizuru.model.generate import generate
 from orizuru.model.llama import Llama
 
@@ -81,7 +82,7 @@ def main() -> None:
         "bench": "decode", "device": "cpu", "dtype": "float32", "threads": args.threads,
         "config": {"dim": args.dim, "n_layers": args.layers, "n_heads": args.heads, "n_kv_heads": args.kv_heads,
                    "vocab_size": args.vocab, "prompt_len": args.prompt_len, "new_tokens": args.new},
-        "params": ours.num_params(), **results, "target_ratio_batch_1": 1.5,
+        "params": count_params(cfg).total, **results, "target_ratio_batch_1": 1.5,
     }))  # fmt: skip
 
 

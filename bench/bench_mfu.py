@@ -14,7 +14,7 @@ import time
 import torch
 
 from orizuru.model.config import ModelConfig
-from orizuru.model.flops import mfu, peak_flops
+from orizuru.model.flops import count_params, flops_per_token, mfu, peak_flops
 from orizuru.model.llama import Llama
 
 # GPT-2-small-sized Llama: 12 layers, dim 768, 12 heads, 48k tied vocabulary: ~123M parameters
@@ -63,10 +63,10 @@ def main() -> None:
     torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / args.steps
     tps = args.batch * args.seq / dt
-    fpt = model.flops_per_token(args.seq)
+    fpt = flops_per_token(cfg, args.seq)
     peak = peak_flops(name)
     print(json.dumps({
-        "bench": "mfu", "device": name, "params": model.num_params(), "batch": args.batch, "seq_len": args.seq,
+        "bench": "mfu", "device": name, "params": count_params(cfg).total, "batch": args.batch, "seq_len": args.seq,
         "dtype": "bfloat16 autocast", "compiled": not args.no_compile, "step_s": round(dt, 4),
         "tokens_per_s": round(tps), "flops_per_token": fpt, "peak_flops": peak,
         "mfu": None if peak is None else round(mfu(fpt, tps, peak), 4), "loss": round(loss.item(), 3),

@@ -21,6 +21,7 @@ from transformers import LlamaForCausalLM
 
 from orizuru.model.checkpoint import model_config_to_hf
 from orizuru.model.config import ModelConfig
+from orizuru.model.flops import count_params
 from orizuru.model.llama import Llama
 
 
@@ -87,7 +88,7 @@ def main() -> None:
         "bench": "train_step", "device": "cpu", "dtype": "float32", "threads": args.threads, "compiled": args.compile,
         "config": {"dim": args.dim, "n_layers": args.layers, "n_heads": args.heads, "n_kv_heads": args.kv_heads,
                    "vocab_size": args.vocab, "batch": args.batch, "seq_len": args.seq},
-        "params": ours.num_params(), "steps": args.steps,
+        "params": count_params(cfg).total, "steps": args.steps,
         "first_loss": {n: round(v, 4) for n, v in losses.items()},
         "tokens_per_s": {n: round(v, 1) for n, v in tps.items()},
         "ratio": round(tps["orizuru"] / tps["transformers"], 3), "target_ratio": 1.2,

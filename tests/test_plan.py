@@ -6,8 +6,9 @@ import pytest
 from orizuru.cli import main as cli
 from orizuru.config import load_config
 from orizuru.errors import UserError
+from orizuru.model.flops import count_params
 from orizuru.model.llama import Llama
-from orizuru.scaling.plan import LAWS, Law, Sizing, count_params, effective_tokens, make_plan, report_section
+from orizuru.scaling.plan import LAWS, Law, Sizing, effective_tokens, make_plan, report_section
 from orizuru.train.config import PretrainConfig
 
 NO_ATTN = Sizing(attention=False)  # pure C = 6 N D, the convention of the closed forms
@@ -70,7 +71,7 @@ def test_model_config_matches_torch_count():
     for depth in (1, 2, 5):
         cfg = s.model(depth)
         assert cfg.dim == 64 * depth and cfg.head_dim == 64 and cfg.n_heads == depth
-        assert count_params(cfg) == sum(p.numel() for p in Llama(cfg).parameters())
+        assert count_params(cfg).total == sum(p.numel() for p in Llama(cfg).parameters())
     assert s.model(4).n_kv_heads == 2
 
 
@@ -114,6 +115,7 @@ def test_inference_aware():
         ({"target_loss": 1.5}, "irreducible"),
         ({"target_loss": 1.9, "tokens": 1e6}, "out of reach"),
         ({"compute": 1e21, "mfu": 1.5}, "--mfu"),
+        ({"params": 100}, "not the optimum of any budget"),  # smaller than the optimum at 1e6 FLOPs
     ],
 )
 def test_bad_inputs(kwargs, words):

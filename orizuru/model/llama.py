@@ -248,20 +248,3 @@ class Llama(nn.Module):
         return F.cross_entropy(
             logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction=loss_reduction
         )
-
-    # -------------------------------------------------------------- accounting
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())  # tied weights are counted once
-
-    def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token: 6 * (matmul params) + 12 * layers * heads * head_dim * seq_len.
-
-        The input embedding lookup does no matmul, so untied embeddings are excluded; the
-        attention term is the score and value products (PaLM appendix B / nanoGPT).
-        """
-        c = self.cfg
-        n = self.num_params()
-        if not c.tie_embeddings:
-            n -= c.vocab_size * c.dim
-        return 6 * n + 12 * c.n_layers * c.n_heads * c.head_dim * seq_len

@@ -22,9 +22,12 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from scipy.optimize import brentq, minimize_scalar
+
 from orizuru.config import ConfigError, parse_command, save_config, validate
 from orizuru.errors import UserError
 from orizuru.model.config import ModelConfig
+from orizuru.model.flops import count_params
 from orizuru.report import table
 from orizuru.train.config import DataConfig, PretrainConfig, RunConfig, TrainConfig
 
@@ -77,6 +80,7 @@ GPUS = {
     "b200": (2250e12, 1000),
 }
 PUE = 1.1  # LLaMA §6
+COMPUTE_RANGE = (1e6, 1e40)  # training FLOPs searched for the budget where a size (or token count) is optimal
 TCO2_PER_MWH = 0.385  # LLaMA §6 (US national average carbon intensity)
 
 
@@ -114,13 +118,10 @@ class Sizing:
         return 12 * d * d * depth + (1 if self.tie_embeddings else 2) * self.vocab_size * d
 
     def depth_for(self, n: float) -> float:
-        lo, hi = 0.0, 1.0
+        hi = 1.0
         while self.params_continuous(hi) < n:
             hi *= 2
-        for _ in range(50):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if self.params_continuous(mid) < n else (lo, mid)
-        return (lo + hi) / 2
+        return brentq(lambda depth: self.params_continuous(depth) - n, 0.0, hi)
 
     def attention_flops(self, n: float) -> float:
         """Training FLOPs per token of the attention scores/values: 12 * layers * dim * seq_len."""
@@ -137,43 +138,23 @@ class Sizing:
         best, err = None, math.inf
         for depth in range(1, 257):
             cfg = self.model(depth)
-            e = abs(math.log(count_params(cfg) / n))
+            total = count_params(cfg).total
+            e = abs(math.log(total / n))
             if e < err:
                 best, err = cfg, e
-            elif count_params(cfg) > n:
+            elif total > n:
                 break
         return best
-
-
-def count_params(cfg: ModelConfig) -> int:
-    """Exact parameter count of orizuru.model.Llama(cfg) (LLaMA: no biases)."""
-    d, hd = cfg.dim, cfg.head_dim or cfg.dim // cfg.n_heads
-    ffn = cfg.ffn_dim or -(-int(8 * d / 3) // 64) * 64
-    attn = d * cfg.n_heads * hd * 2 + d * cfg.n_kv_heads * hd * 2
-    layer = attn + 3 * d * ffn + 2 * d
-    embed = cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
-    return cfg.n_layers * layer + embed + d
 
 
 # ---------------------------------------------------------------- the arithmetic
 
 
 def _argmin_log(f, lo: float, hi: float) -> float:
-    """Minimise a unimodal f over [lo, hi] on a log grid, then golden-section in log space."""
-    import numpy as np
-
-    grid = np.exp(np.linspace(math.log(lo), math.log(hi), 200))
-    values = [f(x) for x in grid]
-    i = int(np.argmin(values))
-    a, b = math.log(grid[max(i - 1, 0)]), math.log(grid[min(i + 1, len(grid) - 1)])
-    phi = (math.sqrt(5) - 1) / 2
-    for _ in range(60):
-        c, d = b - phi * (b - a), a + phi * (b - a)
-        if f(math.exp(c)) < f(math.exp(d)):
-            b = d
-        else:
-            a = c
-    return math.exp((a + b) / 2)
+    """Minimise a unimodal f over [lo, hi] in log space (Brent's bounded method): the range spans decades."""
+    r = minimize_scalar(lambda x: f(math.exp(x)), bounds=(math.log(lo), math.log(hi)), method="bounded",
+                        options={"xatol": 1e-10})
+    return math.exp(r.x)
 
 
 def tokens_for(compute: float, n: float, sizing: Sizing) -> float:
@@ -185,15 +166,11 @@ def compute_for(n: float, d: float, sizing: Sizing) -> float:
 
 
 def params_for(compute: float, d: float, sizing: Sizing) -> float:
-    """Solve C = D * (6 N + attention(N)) for N (monotone in N: bisection in log N)."""
+    """Solve C = D * (6 N + attention(N)) for N (monotone in N; at N = C / 3D, 6N alone is twice C / D)."""
     per_token = compute / d
     if sizing.flops_per_token(1.0) >= per_token:
         raise UserError(f"compute {compute:.3g} FLOPs is too small to train any model on {d:.3g} tokens")
-    lo, hi = 1.0, per_token / 6
-    for _ in range(100):
-        mid = math.sqrt(lo * hi)
-        lo, hi = (mid, hi) if sizing.flops_per_token(mid) < per_token else (lo, mid)
-    return math.sqrt(lo * hi)
+    return math.exp(brentq(lambda x: sizing.flops_per_token(math.exp(x)) - per_token, 0.0, math.log(per_token / 3)))
 
 
 def optimal(compute: float, law: Law, sizing: Sizing, unique_tokens: float | None = None) -> tuple[float, float]:
@@ -210,12 +187,16 @@ def optimal(compute: float, law: Law, sizing: Sizing, unique_tokens: float | Non
 
 def compute_where_optimal(target: float, which: str, law: Law, sizing: Sizing) -> float:
     """The budget C at which the optimal N (which='params') or D ('tokens') equals `target`."""
-    lo, hi = 1e6, 1e40
-    for _ in range(60):
-        mid = math.sqrt(lo * hi)
-        n, d = optimal(mid, law, sizing)
-        lo, hi = (mid, hi) if (n if which == "params" else d) < target else (lo, mid)
-    return math.sqrt(lo * hi)
+
+    def excess(log_c):  # ln(optimal / target), increasing in C
+        n, d = optimal(math.exp(log_c), law, sizing)
+        return math.log((n if which == "params" else d) / target)
+
+    lo, hi = math.log(COMPUTE_RANGE[0]), math.log(COMPUTE_RANGE[1])
+    if not excess(lo) < 0 < excess(hi):
+        raise UserError(f"--{which} {target:.3g} is not the optimum of any budget from {COMPUTE_RANGE[0]:.0e} to "
+                        f"{COMPUTE_RANGE[1]:.0e} FLOPs (law {law.name})")
+    return math.exp(brentq(excess, lo, hi))
 
 
 def effective_tokens(d: float, unique: float, r_star: float = R_D_STAR) -> float:
@@ -384,15 +365,15 @@ def make_plan(
 
     n_opt, d_opt = optimal(compute, law, sizing)
     model = sizing.closest_model(params)
+    counted = count_params(model)
     plan.update({
         "params": params, "tokens": tokens, "flops": compute, "tokens_per_param": tokens / params,
         "predicted_loss": law.loss(params, tokens),
         "optimal": {"params": n_opt, "tokens": d_opt, "predicted_loss": law.loss(n_opt, d_opt)},
-        "kaplan": kaplan(max(params - model.vocab_size * model.dim * (1 if model.tie_embeddings else 2), 1.0),
-                         tokens, compute),
+        "kaplan": kaplan(max(params - counted.embedding, 1.0), tokens, compute),
         "model": {**{k: getattr(model, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim",
                                                       "ffn_dim", "vocab_size", "tie_embeddings")},
-                  "params": count_params(model)},
+                  "params": counted.total},
         "train": train_settings(compute, tokens, sizing.seq_len, micro_batch),
         "cost": {"gpu": gpu, "gpus": gpus, "mfu": mfu, "table": cost(compute, mfu, gpus)},
     })

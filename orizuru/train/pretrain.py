@@ -34,7 +34,7 @@ from orizuru.config import ConfigError, parse_command, save_config
 from orizuru.errors import UserError
 from orizuru.files import append_jsonl, atomic_dir, atomic_write, read_jsonl, write_json
 from orizuru.model.checkpoint import load_model, save_model
-from orizuru.model.flops import mfu, peak_flops
+from orizuru.model.flops import count_params, flops_per_token, mfu, peak_flops
 from orizuru.model.llama import Llama
 from orizuru.runtime import all_mean, all_sum, init_distributed, setup_device
 from orizuru.tokenizer.tokenizer import Tokenizer
@@ -257,8 +257,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
         return json.loads((run_dir / "summary.json").read_text())  # finished earlier: nothing to do
     log = MetricsLog(run_dir, resume_step=start)
 
-    n_params = model.num_params()
-    fpt = model.flops_per_token(tcfg.seq_len)
+    n_params = count_params(model.cfg).total
+    fpt = flops_per_token(model.cfg, tcfg.seq_len)
     tokens_per_step = tcfg.batch_size * tcfg.seq_len * tcfg.grad_accum * world
     if rank == 0:
         print(
