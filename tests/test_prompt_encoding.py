@@ -16,7 +16,7 @@ import orizuru.post.ppo as ppo
 import orizuru.post.slick as slick
 from orizuru.config import load_config
 from orizuru.errors import UserError
-from orizuru.eval.evaluate import evaluate
+from orizuru.eval.evaluate import EvalConfig, evaluate
 from orizuru.model.checkpoint import save_model
 from orizuru.post.chat import CHAT_TEMPLATE, ChatTokenizer, prompt_ids, render
 from orizuru.tokenizer.tokenizer import Tokenizer
@@ -69,7 +69,8 @@ def assert_bos_first_and_fits(calls, bos_id: int) -> None:
 def test_eval_generative_prompts(tmp_path, monkeypatch):
     small = build_tiny_model(tmp_path / "small", max_seq_len=64)
     calls = spy(monkeypatch, generative)
-    assert evaluate(small, ["jsquad"], 2, tmp_path / "out")["tasks"]["jsquad"]["truncated_examples"] == 2
+    results = evaluate(EvalConfig(model=str(small), tasks=["jsquad"], limit=2, output=str(tmp_path / "out")))
+    assert results["tasks"]["jsquad"]["truncated_examples"] == 2
     assert_bos_first_and_fits(calls, Tokenizer.load(small).bos_id)
 
 

@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import unicodedata
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -431,8 +432,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     try:
         raise SystemExit(main(sys.argv[1:]))
     except UserError as e:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+import torch
 from tqdm import tqdm
 
 from orizuru.errors import UserError
@@ -233,8 +234,6 @@ def _position(record: dict) -> int | None:
 
 def evaluate(cfg: EvalConfig) -> dict:
     """Evaluate `cfg.model` on `cfg.tasks`; write OUT/results.json, OUT/<task>.jsonl, OUT/summary.md."""
-    import torch
-
     model_dir, output = Path(cfg.model), Path(cfg.output)
     loaded = [load_task(name) for name in cfg.task_list()]  # unknown names fail before any work
     identity = model_identity(model_dir)

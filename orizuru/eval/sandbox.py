@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -124,8 +125,6 @@ def run_program(
             cmd = [sys.executable, "-I", "-B", "program.py"]
 
             def preexec():  # limits only: no namespaces available
-                import resource
-
                 for res, value in ((resource.RLIMIT_CPU, cpu), (resource.RLIMIT_AS, memory_mb << 20),
                                    (resource.RLIMIT_FSIZE, file_size_mb << 20), (resource.RLIMIT_NPROC, max_procs)):
                     resource.setrlimit(res, (value, value))

@@ -24,11 +24,14 @@ import contextlib
 import dataclasses
 import json
 import math
+import multiprocessing
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from orizuru.config import ConfigError, from_dict, read_toml, validate
 from orizuru.errors import UserError
@@ -192,8 +195,6 @@ def sweep(cfg: SweepConfig, dry_run: bool = False, jobs: int = 1) -> list[dict]:
             seconds[name] = round(time.time() - t0, 1)
             write_json(manifest, {"runs": rows()})
         return rows()
-    import multiprocessing
-
     threads = max(1, (os.cpu_count() or 1) // jobs)
     print(f"{len(todo)} runs, {jobs} at a time with {threads} thread(s) each; progress in each run's train.log",
           file=sys.stderr, flush=True)
@@ -209,9 +210,6 @@ def sweep(cfg: SweepConfig, dry_run: bool = False, jobs: int = 1) -> list[dict]:
 
 def _run_in_worker(job: tuple[str, PretrainConfig, int]) -> tuple[str, float]:
     """One sweep run in a pool process (`sweep(jobs > 1)`)."""
-    import torch
-
-
     name, run, threads = job
     torch.set_num_threads(threads)
     Path(run.run.dir).mkdir(parents=True, exist_ok=True)

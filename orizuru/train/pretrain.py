@@ -28,6 +28,8 @@ from torch.distributed.checkpoint.state_dict import (
     get_state_dict,
     set_state_dict,
 )
+from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from orizuru.config import ConfigError, parse_command, save_config
@@ -166,14 +168,10 @@ def wrap_parallel(model: Llama, tcfg: TrainConfig, device) -> torch.nn.Module:
     if not dist.is_initialized():
         return model
     if tcfg.fsdp:
-        from torch.distributed.fsdp import fully_shard
-
         for block in model.model.layers:
             fully_shard(block)
         fully_shard(model)
         return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
