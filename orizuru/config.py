@@ -140,12 +140,6 @@ def _split_override(item: str) -> tuple[list[str], str]:
     return key.split("."), raw
 
 
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """'train.lr=3e-4' -> (['train', 'lr'], 0.0003). Values parse as TOML, else as a string."""
-    path, raw = _split_override(item)
-    return path, _value(raw, None)
-
-
 def apply_overrides(data: dict, overrides: list[str], cls: type | None = None) -> dict:
     """`--set` items into `data`; with `cls`, a value that is TOML of the wrong type for a text key
     (`run.dir=2024`) stays text."""

@@ -27,7 +27,6 @@ WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 ROPE_TYPES = ("default", "linear", "llama3")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # tensors some exporters add that carry no weights (old HF versions saved RoPE's inv_freq)
 IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
 

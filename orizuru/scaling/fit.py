@@ -173,10 +173,6 @@ def predict(fit_result: dict, n: float, d: float) -> dict:
     return out
 
 
-def _fmt(x, digits=4):
-    return "—" if x is None else f"{x:.{digits}g}"
-
-
 def format_fit(res: dict) -> str:
     a2, a3 = res["approach2"], res["approach3"]
     lines = [f"{res['points']} runs on {len(a2['curves'])} compute budget(s)", ""]
