@@ -12,9 +12,9 @@ from orizuru.config import load_config
 from orizuru.errors import UserError
 from orizuru.files import read_jsonl
 from orizuru.model.checkpoint import load_model
-from orizuru.post.chat import render
 from orizuru.post.finetune import Seq, fit, pad_batch
 from orizuru.post.sft import SFTConfig, sft
+from orizuru.tokenizer.chat import render
 from orizuru.tokenizer.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -18,7 +18,7 @@ from orizuru.config import load_config
 from orizuru.errors import UserError
 from orizuru.eval.evaluate import EvalConfig, evaluate
 from orizuru.model.checkpoint import save_model
-from orizuru.post.chat import CHAT_TEMPLATE, ChatTokenizer, prompt_ids, render
+from orizuru.tokenizer.chat import CHAT_TEMPLATE, ChatTokenizer, prompt_ids, render
 from orizuru.tokenizer.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -15,7 +15,8 @@ from orizuru.errors import UserError
 from orizuru.files import read_jsonl
 from orizuru.model.llama import Llama
 from orizuru.train.config import PretrainConfig, TrainConfig
-from orizuru.train.pretrain import configure_optimizer, lr_at, pretrain
+from orizuru.train.optim import configure_optimizer, lr_at
+from orizuru.train.pretrain import pretrain
 
 
 def run_cli(args: list[str], **kw) -> subprocess.CompletedProcess:

@@ -25,10 +25,11 @@ from orizuru.config import ConfigError
 from orizuru.errors import UserError
 from orizuru.model.checkpoint import load_model, save_model
 from orizuru.model.generate import generate
-from orizuru.post.chat import ChatTokenizer, prompt_ids, render, stop_id
+from orizuru.tokenizer.chat import ChatTokenizer, prompt_ids, render, stop_id
 from orizuru.tokenizer.tokenizer import Tokenizer
 from orizuru.train.config import TrainConfig
-from orizuru.train.pretrain import MetricsLog, configure_optimizer, load_checkpoint, lr_at, save_checkpoint
+from orizuru.train.optim import configure_optimizer, lr_at
+from orizuru.train.pretrain import MetricsLog, load_checkpoint, save_checkpoint
 
 
 def load_base(directory: str | Path, device) -> tuple[torch.nn.Module, ChatTokenizer]:

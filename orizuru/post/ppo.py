@@ -27,13 +27,14 @@ from orizuru.config import ConfigError, parse_command, save_config
 from orizuru.errors import UserError
 from orizuru.files import write_json
 from orizuru.model.generate import generate
-from orizuru.post.chat import prompt_ids, stop_id
 from orizuru.post.data import read_prompts
 from orizuru.post.finetune import Seq, answer_seq, load_base, pad_batch, save_chat_model, token_logps
 from orizuru.post.reward import load_reward_model, scores
 from orizuru.runtime import setup_device
+from orizuru.tokenizer.chat import prompt_ids, stop_id
 from orizuru.train.config import RunConfig, TrainConfig
-from orizuru.train.pretrain import MetricsLog, configure_optimizer, load_checkpoint, lr_at, save_checkpoint
+from orizuru.train.optim import configure_optimizer, lr_at
+from orizuru.train.pretrain import MetricsLog, load_checkpoint, save_checkpoint
 
 
 def add_value_head(policy: nn.Module) -> None:

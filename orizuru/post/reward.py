@@ -23,7 +23,6 @@ from orizuru.errors import UserError
 from orizuru.files import atomic_dir, write_json
 from orizuru.model.checkpoint import load_state, model_config_from_hf, model_config_to_hf, read_hf_config
 from orizuru.model.llama import Llama
-from orizuru.post.chat import ChatTokenizer
 from orizuru.post.data import PrefData, read_preferences
 from orizuru.post.finetune import (
     Batches,
@@ -39,6 +38,7 @@ from orizuru.post.finetune import (
     split_val,
 )
 from orizuru.runtime import setup_device
+from orizuru.tokenizer.chat import ChatTokenizer
 from orizuru.tokenizer.tokenizer import Tokenizer
 from orizuru.train.config import RunConfig
 

@@ -21,7 +21,6 @@ import torch
 from orizuru.config import ConfigError, parse_command, save_config
 from orizuru.files import write_json
 from orizuru.model.lora import apply_lora, merge_lora, save_adapter
-from orizuru.post.chat import render
 from orizuru.post.data import flan_messages, read_instructions
 from orizuru.post.finetune import (
     Batches,
@@ -37,6 +36,7 @@ from orizuru.post.finetune import (
     split_val,
 )
 from orizuru.runtime import setup_device
+from orizuru.tokenizer.chat import render
 from orizuru.train.config import RunConfig
 
 

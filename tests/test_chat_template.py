@@ -3,7 +3,7 @@ from post_fixtures import single_thread, tiny_tokenizer  # noqa: F401
 from transformers import AutoTokenizer
 
 from orizuru.errors import UserError
-from orizuru.post.chat import ChatTokenizer, prompt_ids, render
+from orizuru.tokenizer.chat import ChatTokenizer, prompt_ids, render
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
