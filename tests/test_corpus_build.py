@@ -233,3 +233,26 @@ def test_missing_extractor_library_is_an_error_not_skipped_pages(inputs, tmp_pat
     monkeypatch.setattr(build, "extract_text", extract_without_library)
     with pytest.raises(UserError, match="trafilatura"):
         build_corpus([str(inputs / "postlight__buzzap.jp.html")], tmp_path / "out", cfg(*NO_DEDUP))
+
+
+def test_build_keeps_own_ids_and_carried_fields(tmp_path):
+    src = tmp_path / "mine.jsonl"
+    rows = [json.loads(line) for line in (DATA / "aozora_sample.jsonl").read_text("utf-8").splitlines()[:5]]
+    src.write_text("".join(json.dumps({**r, "id": f"work-{i}"}, ensure_ascii=False) + "\n" for i, r in enumerate(rows)), "utf-8")
+    stats = build_corpus([str(src)], tmp_path / "out", cfg(*NO_DEDUP, "read.carry_fields=['title', 'author']"))
+    docs = [d for p in sorted((tmp_path / "out").glob("part-*")) for d in read_shard(p)]
+    assert len(docs) == stats["docs_out"] > 0
+    for d in docs:
+        i = int(d.id.removeprefix("work-"))
+        assert (d.meta["title"], d.meta["author"]) == (rows[i]["title"], rows[i]["author"])
+
+
+def test_calibrate_command(tmp_path, capsys):
+    page = json.loads((DATA / "aozora_sample.jsonl").read_text("utf-8").splitlines()[0])["text"]
+    rows = [{"text": page, "label": "clean", "kind": "k"}, {"text": "短い。", "label": "junk", "kind": "short"}]
+    src = tmp_path / "set.jsonl"
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    assert cli.main(["calibrate", "--input", str(src), "--output", str(tmp_path / "cal")]) == 0
+    rep = json.loads((tmp_path / "cal" / "calibration.json").read_text("utf-8"))
+    assert rep["clean_kept"] == 1.0 and rep["junk_removed"] == 1.0
+    assert "| junk: short | 1 | 100% removed |" in capsys.readouterr().out

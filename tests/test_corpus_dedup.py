@@ -10,6 +10,7 @@ import pytest
 from corpus_synth import jaccard, load_sentences, make_corpus, ngrams, write_shards
 
 from orizuru.config import ConfigError, load_config
+from orizuru.corpus import cli as corpus_cli
 from orizuru.corpus import dedup as dd
 from orizuru.corpus.doc import Doc, read_shard, write_shard
 from orizuru.errors import UserError
@@ -262,11 +263,13 @@ def test_planted_duplicates_recall_and_precision(sentences, tmp_path):
 def test_command_writes_kept_documents(corpus, tmp_path):
     paths = write_shards(corpus.docs, tmp_path / "in", 2)
     out = tmp_path / "out"
-    assert dd.main(["--input", str(tmp_path / "in" / "*.jsonl.gz"), "--output", str(out)]) == 0
+    assert corpus_cli.main(["dedup", "--input", str(tmp_path / "in" / "*.jsonl.gz"), "--output", str(out)]) == 0
     kept = [doc for p in paths for doc in read_shard(out / p.name)]
     result = dd.dedup_shards(paths, out / ".dedup", dd.DedupConfig())  # reuses the finished steps
     expected = [doc for p, keep in zip(paths, result.keep) for doc, k in zip(read_shard(p), keep) if k]
     assert kept == expected and len(kept) < len(corpus.docs)
     assert json.loads((out / "stats.json").read_text())["kept"] == len(kept)
     with pytest.raises(ConfigError, match=r"dedup\.threshold"):
-        dd.main(["--input", str(paths[0]), "--output", str(out), "--set", "dedup.threshold=2"])
+        dd.main(["--input", str(paths[0]), "--output", str(out), "--set", "dedup.threshold=2"])  # python -m form
+    with pytest.raises(ConfigError, match=r"dedup\.threshold"):
+        corpus_cli.main(["dedup", "--input", str(paths[0]), "--output", str(out), "--set", "dedup.threshold=2"])

@@ -22,8 +22,13 @@ def uniq(n, start=0):
     return "".join(chr(0x4E00 + start + i) for i in range(n))
 
 
+# Swallow's published thresholds, measured over the whole text: the cases below sit at their edges
+SWALLOW = dict(min_ja_letters=400, dup_ngram=[0.15, 0.14, 0.13, 0.12, 0.11, 0.10], min_mean_sentence_len=20,
+               max_mean_sentence_len=90, max_sentence_len=200, ngram_window=0)
+
+
 def only(rule, **kw):
-    return JaQualityConfig(disabled=[r for r in JA_RULES if r != rule], **kw)
+    return JaQualityConfig(disabled=[r for r in JA_RULES if r != rule], **{**SWALLOW, **kw})
 
 
 def fails(text, rule, **kw):
@@ -79,12 +84,14 @@ def test_every_ja_rule_has_a_case():
     assert {c[0] for c in CASES} | {"blocked_host"} == set(JA_RULES)
 
 
-def test_defaults_are_swallows():
+def test_defaults_are_swallows_except_the_calibrated():
     c = JaQualityConfig()
-    assert (c.min_chars, c.min_ja_letters, c.dup_line_frac, c.dup_line_char_frac) == (400, 400, 0.3, 0.2)
-    assert c.top_ngram == [0.20, 0.18, 0.16] and c.dup_ngram == [0.15, 0.14, 0.13, 0.12, 0.11, 0.10]
-    assert (c.min_hiragana_frac, c.max_katakana_frac, c.min_ja_frac, c.ng_frac) == (0.2, 0.5, 0.5, 0.05)
-    assert (c.min_mean_sentence_len, c.max_mean_sentence_len, c.max_sentence_len, c.ellipsis_frac) == (20, 90, 200, 0.2)
+    assert (c.min_chars, c.dup_line_frac, c.dup_line_char_frac) == (400, 0.3, 0.2)
+    assert c.top_ngram == [0.20, 0.18, 0.16] and (c.min_hiragana_frac, c.max_katakana_frac) == (0.2, 0.5)
+    assert (c.min_ja_frac, c.ng_frac, c.ellipsis_frac) == (0.5, 0.05, 0.2)
+    # calibrated on orizuru/data/calibration (tests/test_corpus_calibrate.py)
+    assert (c.min_ja_letters, c.min_mean_sentence_len, c.max_mean_sentence_len, c.max_sentence_len) == (300, 12, 150, 1000)
+    assert c.dup_ngram == [0.30, 0.27, 0.24, 0.21, 0.18, 0.15] and c.ngram_window == 2000
 
 
 def test_measures_against_hand_counts():
@@ -101,7 +108,7 @@ def test_measures_against_hand_counts():
 
 def test_swallow_distinct_is_a_named_option():
     text = "".join("あいうえお" + uniq(1, i) for i in range(4)) + uniq(76, 10)
-    gopher, distinct = JaQualityConfig(), JaQualityConfig(dup_ngram_definition="swallow_distinct")
+    gopher, distinct = JaQualityConfig(**SWALLOW), JaQualityConfig(**SWALLOW, dup_ngram_definition="swallow_distinct")
     assert ja_metrics(text, gopher)["dup_ngram"][0] == pytest.approx(0.15)
     assert ja_metrics(text, distinct)["dup_ngram"][0] == pytest.approx(1 / 93)  # 1 repeated of 93 distinct 5-grams
 

@@ -173,3 +173,15 @@ def test_jsonl_text_html_empty(tmp_path):
     with open(huge, "wb") as f:
         f.truncate(50 * 1024 * 1024)  # a 50 MB page (sparse file)
     assert read_all(huge) == ([], {"too_large": 1})
+
+
+def test_jsonl_own_id_and_carried_fields(tmp_path):
+    jl = tmp_path / "mine.jsonl"
+    rows = [{"doc_id": "A-17", "text": "一", "title": "題", "score": 3}, {"doc_id": 42, "text": "二"}, {"text": "三"}]
+    jl.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    docs, _ = read_all(jl, ReadConfig(id_field="doc_id", carry_fields=["title", "score"]))
+    assert [d.id for d in docs] == ["A-17", "42", "mine.jsonl/2"]
+    assert docs[0].meta["title"] == "題" and docs[0].meta["score"] == 3 and "title" not in docs[1].meta
+    assert docs[0].meta["source"] == "mine.jsonl" and docs[0].meta["record"] == 0  # where it came from stays too
+    (d, *_), _ = read_all(jl)  # default id_field "id": absent here
+    assert d.id == "mine.jsonl/0"

@@ -10,7 +10,10 @@ from typing import Literal
 
 from orizuru.config import ConfigError, parse_subcommand, stage_config
 from orizuru.corpus.build import build_corpus, dry_run, stats_markdown
+from orizuru.corpus.calibrate import DEFAULT_SET, calibrate, report_markdown
 from orizuru.corpus.config import CorpusConfig
+from orizuru.corpus.dedup import DedupCommand, run_dedup_command
+from orizuru.files import atomic_write, write_json
 
 
 @dataclass
@@ -32,12 +35,31 @@ class CorpusBuild:
             raise ConfigError("--workers must be >= 1")
 
 
-SUBCOMMANDS = {"build": CorpusBuild}
+@dataclass
+class CorpusCalibrate:
+    """Per-rule keep rates on labelled clean text and removal rates on labelled junk (JSONL of text, label, kind)."""
+
+    input: str = str(DEFAULT_SET)  # labelled JSONL(.gz); default: the shipped orizuru/data/calibration set
+    output: str | None = None  # directory for calibration.json and calibration.md (printed either way)
+    corpus: CorpusConfig = stage_config(CorpusConfig)
+
+
+SUBCOMMANDS = {"build": CorpusBuild, "dedup": DedupCommand, "calibrate": CorpusCalibrate}
 
 
 def main(argv: list[str]) -> int:
-    _, args = parse_subcommand(SUBCOMMANDS, argv, "orizuru corpus", "Build a clean, deduplicated corpus.")
+    command, args = parse_subcommand(SUBCOMMANDS, argv, "orizuru corpus", "Build a clean, deduplicated corpus.")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if command == "dedup":
+        return run_dedup_command(args)
+    if command == "calibrate":
+        rep = calibrate(Path(args.input), args.corpus)
+        if args.output:
+            write_json(Path(args.output) / "calibration.json", rep)
+            with atomic_write(Path(args.output) / "calibration.md") as f:
+                f.write(report_markdown(rep))
+        print(report_markdown(rep))
+        return 0
     if args.dry_run:
         for row in dry_run(args.input, args.corpus, args.sample):
             print(json.dumps(row, ensure_ascii=False))

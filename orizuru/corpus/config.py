@@ -39,6 +39,8 @@ class ReadConfig:
     max_record_bytes: int = 10_000_000  # larger pages are skipped ("too_large"), never parsed
     text_field: str = "text"  # JSONL inputs: the field that holds the document text
     url_field: str = "url"
+    id_field: str = "id"  # JSONL inputs: the document's own id, kept as its id (absent: "<file>/<line>")
+    carry_fields: list[str] = field(default_factory=list)  # JSONL fields copied into meta, e.g. ["title"]
 
     def validate(self) -> None:
         _check(self.max_record_bytes > 0, "read.max_record_bytes", "positive", self.max_record_bytes)
@@ -64,25 +66,32 @@ class LangConfig:
 
 @dataclass
 class JaQualityConfig:
-    """Swallow's rules; a document is dropped when any holds. `disabled` names rules to skip."""
+    """Swallow's rules; a document is dropped when any holds. `disabled` names rules to skip.
+
+    Thresholds are Swallow's except where the labelled calibration set (`orizuru corpus calibrate`,
+    ARCHITECTURE.md) showed them removing clean text: min_ja_letters, dup_ngram (per 2,000-character
+    window), the sentence lengths."""
 
     min_chars: int = 400
-    min_ja_letters: int = 400
+    min_ja_letters: int = 300  # Swallow 400: with min_chars 400 it dropped clean pages holding a few digits or quotes
     dup_line_frac: float = 0.30
     dup_line_char_frac: float = 0.20
     dup_sentence_frac: float = 0.30
     dup_sentence_char_frac: float = 0.20
     top_ngram: list[float] = field(default_factory=lambda: [0.20, 0.18, 0.16])  # n = 2, 3, 4
-    dup_ngram: list[float] = field(default_factory=lambda: [0.15, 0.14, 0.13, 0.12, 0.11, 0.10])  # n = 5..10
+    # n = 5..10; Swallow 0.15..0.10 removed 27% of clean 1k-3k pages (character 5-grams repeat in any article)
+    dup_ngram: list[float] = field(default_factory=lambda: [0.30, 0.27, 0.24, 0.21, 0.18, 0.15])
     # gopher: characters in repeats of an earlier n-gram / all characters (Gopher, counted as datatrove does);
     # swallow_distinct: distinct repeated n-grams / distinct n-grams (what Swallow's code computes)
     dup_ngram_definition: Literal["gopher", "swallow_distinct"] = "gopher"
+    # n-gram measures per window of this many characters, averaged (0: over the whole document, as Swallow)
+    ngram_window: int = 2000
     min_hiragana_frac: float = 0.2
     max_katakana_frac: float = 0.5
     min_ja_frac: float = 0.5
-    min_mean_sentence_len: float = 20
-    max_mean_sentence_len: float = 90
-    max_sentence_len: int = 200
+    min_mean_sentence_len: float = 12  # Swallow 20; menus and link lists average 8-9
+    max_mean_sentence_len: float = 150  # Swallow 90
+    max_sentence_len: int = 1000  # Swallow 200: Aozora and Wikipedia hold clean sentences of 200-400 characters
     ellipsis_frac: float = 0.2
     ng_frac: float = 0.05
     ng_words_file: str | None = None  # extra NG expressions, one per line, added to the shipped list
@@ -102,6 +111,7 @@ class JaQualityConfig:
         _check(0 <= self.min_mean_sentence_len <= self.max_mean_sentence_len,
                "quality_ja.min_mean_sentence_len", "in [0, max_mean_sentence_len]", self.min_mean_sentence_len)
         _check(self.max_sentence_len > 0, "quality_ja.max_sentence_len", "positive", self.max_sentence_len)
+        _check(self.ngram_window >= 0, "quality_ja.ngram_window", ">= 0", self.ngram_window)
 
 
 @dataclass

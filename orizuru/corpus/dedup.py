@@ -409,9 +409,9 @@ class DedupCommand:
     dedup: DedupCommandConfig = stage_config(DedupCommandConfig)  # a TOML file with a [dedup] section
 
 
-def main(argv: list[str]) -> int:
-    """Deduplicate existing gzip-JSONL shards: `python -m orizuru.corpus.dedup --input ... --output DIR`."""
-    args = parse_command(DedupCommand, argv, "orizuru-dedup", DedupCommand.__doc__)
+def run_dedup_command(args: DedupCommand) -> int:
+    """`orizuru corpus dedup --input SHARDS... --output DIR`: the kept documents under the same shard
+    names, plus stats.json."""
     cfg = args.dedup.dedup
     shards = [Path(x) for pattern in args.input for x in (sorted(glob.glob(pattern)) or [pattern])]
     if len({s.name for s in shards}) != len(shards):
@@ -429,6 +429,11 @@ def main(argv: list[str]) -> int:
     print(f"{stats['documents']} documents: {stats['exact_duplicates']} exact and {stats['near_duplicates_removed']} near duplicates removed "
           f"({stats['clusters']} clusters; {stats['bands']} bands x {stats['rows']} rows), {stats['kept']} kept -> {out}")
     return 0
+
+
+def main(argv: list[str]) -> int:
+    """`python -m orizuru.corpus.dedup ...`, the same as `orizuru corpus dedup ...`."""
+    return run_dedup_command(parse_command(DedupCommand, argv, "orizuru-dedup", DedupCommand.__doc__))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from orizuru.files import atomic_write
 
 @dataclass
 class Doc:
-    id: str  # stable across runs: "<input file name>/<record number>"
+    id: str  # a JSONL input's own id (read.id_field), else stable across runs: "<input file name>/<record number>"
     text: str
     url: str = ""
     meta: dict = field(default_factory=dict)  # source file/record, language score, filter scores

@@ -125,6 +125,29 @@ def ngram_fractions(units: list | str, top_ns=(2, 3, 4), dup_ns=tuple(range(5, 1
     return top, dup
 
 
+def windows_of(text: str, size: int) -> list[str]:
+    """Consecutive pieces of `size` characters, the short tail joined to the last piece (0: the whole text).
+
+    Character n-gram repetition grows with length (the same function words and names recur), so
+    measured on the whole of a long article it flags clean text; measured per window and averaged
+    it is the same at every length, while a page that repeats itself repeats in every window."""
+    if size <= 0 or len(text) < 2 * size:
+        return [text]
+    cuts = list(range(0, len(text) - size + 1, size))
+    return [text[a:b] for a, b in zip(cuts, cuts[1:] + [len(text)])]
+
+
+def window_ngram_fractions(text: str, size: int, definition: str = "gopher") -> tuple[list[float], list[float]]:
+    """`ngram_fractions` per window of `size` characters, each measure averaged over windows
+    weighted by window length."""
+    parts = windows_of(text, size)
+    if len(parts) == 1:
+        return ngram_fractions(text, definition=definition)
+    top, dup = zip(*(ngram_fractions(p, definition=definition) for p in parts))
+    w = np.array([len(p) for p in parts], dtype=np.float64) / len(text)
+    return (np.average(np.array(top), axis=0, weights=w).tolist(), np.average(np.array(dup), axis=0, weights=w).tolist())
+
+
 def top_ngram_frac(units: list | str, n: int) -> float:
     return ngram_fractions(units, (n,), (n + 1,))[0][0]
 
@@ -181,12 +204,13 @@ def ja_metrics(text: str, cfg: JaQualityConfig) -> dict:
     }
     m["dup_line_frac"], m["dup_line_char_frac"] = duplicate_fractions(lines)
     m["dup_sentence_frac"], m["dup_sentence_char_frac"] = duplicate_fractions(sents)
-    m["top_ngram"], m["dup_ngram"] = ngram_fractions(flat, definition=cfg.dup_ngram_definition)
+    m["top_ngram"], m["dup_ngram"] = window_ngram_fractions(flat, cfg.ngram_window, cfg.dup_ngram_definition)
     return m
 
 
-def ja_failing_rule(m: dict, cfg: JaQualityConfig) -> str | None:
-    """The first Swallow rule that drops the document, or None."""
+def ja_failing_rules(m: dict, cfg: JaQualityConfig) -> list[str]:
+    """Every enabled Swallow rule that drops the document, in rule order (the calibration report
+    needs each rule's own removals, not just the first)."""
     checks = (
         ("min_chars", m["chars"] < cfg.min_chars),
         ("min_ja_letters", m["ja_letters"] < cfg.min_ja_letters),
@@ -204,7 +228,12 @@ def ja_failing_rule(m: dict, cfg: JaQualityConfig) -> str | None:
         ("ellipsis_frac", m["ellipsis_frac"] > cfg.ellipsis_frac),
         ("ng_frac", m["ng_frac"] >= cfg.ng_frac),
     )
-    return next((name for name, fails in checks if fails and name not in cfg.disabled), None)
+    return [name for name, fails in checks if fails and name not in cfg.disabled]
+
+
+def ja_failing_rule(m: dict, cfg: JaQualityConfig) -> str | None:
+    """The first Swallow rule that drops the document, or None."""
+    return next(iter(ja_failing_rules(m, cfg)), None)
 
 
 # ---------------------------------------------------------------- English (Gopher + C4)

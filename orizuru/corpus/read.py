@@ -237,8 +237,11 @@ def read_jsonl(path: Path, cfg: ReadConfig, skip: Skip) -> Iterator[Doc]:
                     skip("no_text_field", start, f"{path.name}:{lineno + 1}: no string field '{cfg.text_field}'")
                     continue
                 url = row.get(cfg.url_field) or ""
-                yield Doc(f"{path.name}/{lineno}", text, url if isinstance(url, str) else "",
-                          {"source": path.name, "record": lineno, "offset": start, "format": "text"})
+                own = row.get(cfg.id_field)
+                meta = {"source": path.name, "record": lineno, "offset": start, "format": "text"}
+                meta.update({k: row[k] for k in cfg.carry_fields if k in row})
+                yield Doc(str(own) if isinstance(own, (str, int)) and str(own) else f"{path.name}/{lineno}",
+                          text, url if isinstance(url, str) else "", meta)
     except (OSError, EOFError, zlib.error) as e:
         skip("truncated", offset, f"{path.name}: {e}")
 
