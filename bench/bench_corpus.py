@@ -211,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     from corpus_synth import load_sentences, make_corpus, write_shards
 
     from orizuru.corpus.config import DedupConfig
+    from orizuru.corpus.dedup import bands_rows
 
-    bands, rows = (args.bands, args.rows) if args.bands else DedupConfig().bands_rows()
+    bands, rows = (args.bands, args.rows) if args.bands else bands_rows(DedupConfig())
     base = Path(args.dir or tempfile.mkdtemp(prefix="bench_corpus_"))
     t = time.perf_counter()
     copies = args.docs // 5

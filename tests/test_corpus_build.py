@@ -256,3 +256,11 @@ def test_calibrate_command(tmp_path, capsys):
     rep = json.loads((tmp_path / "cal" / "calibration.json").read_text("utf-8"))
     assert rep["clean_kept"] == 1.0 and rep["junk_removed"] == 1.0
     assert "| junk: short | 1 | 100% removed |" in capsys.readouterr().out
+
+
+def test_one_bar_per_step_in_documents(inputs, tmp_path, capsys):
+    build_corpus([str(inputs / "aozora_sample.jsonl"), str(inputs / "broken.jsonl")], tmp_path / "out", cfg(*FULL))
+    err = capsys.readouterr().err
+    for step in ("1 read+filter", "2 boilerplate", "3 clean", "4 dedup 1/4 signatures", "4 dedup 4/4 filter", "5 write"):
+        assert step in err, step
+    assert "docs/s" in err and "doc/s" in err and "task/s" not in err  # rates in documents, never tasks

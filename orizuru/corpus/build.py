@@ -163,7 +163,8 @@ def process_file(task: tuple[int, str, str, CorpusConfig]) -> dict:
 
 def find_boilerplate(key_files: list[str], min_pages: int, map_fn, buckets: int = 16) -> np.ndarray:
     """All (host, line) keys on >= min_pages pages of the corpus, reduced bucket by bucket."""
-    parts = map_fn(boilerplate_keys, [(key_files, b, buckets, min_pages) for b in range(buckets)])
+    parts = map_fn(boilerplate_keys, [(key_files, b, buckets, min_pages) for b in range(buckets)],
+                   desc="2 boilerplate", unit="bucket")
     return np.sort(np.concatenate(parts))
 
 
@@ -274,24 +275,26 @@ def build_corpus(inputs: list[str], output: Path, config: CorpusConfig | None = 
     work = output / "work"
     for stale in work.rglob(".*.tmp"):  # temp files of a build killed mid-write; one build per output at a time
         stale.unlink()
-    map_fn = make_map(executor, workers, desc="corpus files")
-    entries = map_fn(process_file, [(i, str(p), str(work), cfg) for i, p in enumerate(files)])
-    boilerplate = find_boilerplate([e["line_keys"] for e in entries], cfg.normalize.boilerplate_min_pages,
-                                   make_map(executor, workers, desc="boilerplate"))
+    map_fn = make_map(executor, workers)
+    entries = map_fn(process_file, [(i, str(p), str(work), cfg) for i, p in enumerate(files)],
+                     desc="1 read+filter", sizes=[p.stat().st_size for p in files], unit="B",
+                     count=lambda e: e["docs"].get("read", 0))
+    boilerplate = find_boilerplate([e["line_keys"] for e in entries], cfg.normalize.boilerplate_min_pages, map_fn)
     with atomic_write(work / "boilerplate.npy", "wb", encoding=None) as f:
         np.save(f, boilerplate)
     shards = [work / "clean" / f"{i:05d}.jsonl.gz" for i in range(len(entries))]
-    cleaned = make_map(executor, workers, desc="clean")(
-        clean_shard, [(e["shard"], str(s), str(work / "boilerplate.npy")) for e, s in zip(entries, shards)])
+    cleaned = map_fn(clean_shard, [(e["shard"], str(s), str(work / "boilerplate.npy")) for e, s in zip(entries, shards)],
+                     desc="3 clean", sizes=[e["docs_out"] for e in entries], unit="doc")
     dedup_stats, masks = None, [None] * len(shards)
     if cfg.dedup_enabled:
-        result = dedup_shards(shards, work / "dedup", cfg.dedup, map_fn=make_map(executor, workers, desc="dedup"))
+        result = dedup_shards(shards, work / "dedup", cfg.dedup, map_fn=map_fn, sizes=[c["docs"] for c in cleaned],
+                              desc="4 dedup")
         masks = [np.asarray(m, dtype=bool).tolist() for m in result.keep]
         dedup_stats = result.stats
     ext = "parquet" if cfg.output.format == "parquet" else "jsonl.gz"
     outs = [output / f"part-{i:05d}.{ext}" for i in range(len(shards))]
-    written = make_map(executor, workers, desc="write")(
-        write_output, [(str(s), str(o), m, cfg.output.format) for s, o, m in zip(shards, outs, masks)])
+    written = map_fn(write_output, [(str(s), str(o), m, cfg.output.format) for s, o, m in zip(shards, outs, masks)],
+                     desc="5 write", sizes=[c["docs"] for c in cleaned], unit="doc")
     for stale in output.glob("part-*"):
         if stale not in outs:
             os.unlink(stale)

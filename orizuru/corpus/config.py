@@ -178,9 +178,12 @@ class DedupConfig:
     exact: bool = True  # drop documents whose normalized text is identical to an earlier one
     near: bool = True  # drop near duplicates found by MinHash LSH
     ngram: int = 5  # character n-gram length
-    # S-curve midpoint: P(0.65) = 0.45; with 28 x 9 it catches Jaccard 0.8 pairs with P = 0.98
-    # and Jaccard 0.5 pairs with P = 0.05 (Swallow's 40 x 20 catches 0.8 only with P = 0.37).
-    threshold: float = 0.65
+    # LSH candidate threshold (the S-curve midpoint): 0.45 -> 47 x 5, P(0.55) = 0.91, P(0.6) = 0.98.
+    # Candidates are then checked (verify_threshold), so the curve can sit low without removing unique pages.
+    threshold: float = 0.45
+    # a candidate pair is a duplicate when its MinHash Jaccard estimate (share of equal hashes) is >= this;
+    # 0: every LSH candidate is a duplicate (no check, as datatrove and Swallow do)
+    verify_threshold: float = 0.6
     bands: int | None = None  # None: chosen with rows from `threshold` (b * r <= 256)
     rows: int | None = None  # Swallow: bands = 40, rows = 20
     seed: int = 0
@@ -190,6 +193,8 @@ class DedupConfig:
             raise ConfigError(f"config key 'dedup.ngram' must be >= 1, got {self.ngram}")
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"config key 'dedup.threshold' must be in (0, 1), got {self.threshold}")
+        if not 0.0 <= self.verify_threshold <= 1.0:
+            raise ConfigError(f"config key 'dedup.verify_threshold' must be in [0, 1], got {self.verify_threshold}")
         if (self.bands is None) != (self.rows is None):
             key = "dedup.rows" if self.rows is None else "dedup.bands"
             raise ConfigError(f"config key '{key}' must be set together with 'dedup.bands' and 'dedup.rows' (or neither)")

@@ -10,10 +10,13 @@ The four steps each run as a map over the caller's executor (`map_fn`: serial, p
 or Ray) and write their outputs atomically under `work_dir`, so a rerun reuses finished work:
 
 1. signatures: per shard, the exact-text hash and the b band keys of every document
-   -> `keys/<shard>.npy`, uint64 [1 + b, docs] (row 0: exact hash, row 1 + i: band i);
+   -> `keys/<shard>.npy`, uint64 [1 + b, docs] (row 0: exact hash, row 1 + i: band i), and the
+   MinHash signatures themselves -> `sigs/<shard>.npy`, uint32 [docs, b * r];
 2. buckets: per band, documents whose keys agree -> `pairs/<band>.npy` (first member, other);
-3. clusters: per group of bands, union-find over their pairs -> `forest/<group>.npy`, then
-   one merge of those forests -> `clusters.npy` (document, cluster root) for removed documents;
+3. clusters: per group of bands, the candidate pairs are verified (MinHash Jaccard estimate, the
+   share of equal signature values, >= `verify_threshold`; exact-hash pairs need no check), then
+   union-find over the verified pairs -> `forest/<group>.npy`, then one merge of those forests
+   -> `clusters.npy` (document, cluster root) for removed documents;
 4. filter: per shard, a keep mask -> `keep/<shard>.npy`.
 
 Memory per task is bounded by one shard (steps 1, 4) or one band (steps 2, 3), plus the
@@ -38,7 +41,6 @@ import os
 import shutil
 import sys
 import unicodedata
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -50,13 +52,14 @@ from tqdm import tqdm
 from orizuru.config import parse_command, stage_config
 from orizuru.corpus.config import DedupConfig
 from orizuru.corpus.doc import read_shard, write_shard
+from orizuru.corpus.executor import make_map
 from orizuru.errors import UserError
 from orizuru.files import atomic_write, write_json
 
 HASH_BUDGET = 256  # b * r <= this when bands/rows are chosen from the threshold
 BANDS_PER_GROUP = 8  # bands merged by one union-find task in step 3
 BATCH = 512  # documents hashed together in step 1
-VERSION = 1  # bump when the on-disk step outputs change meaning
+VERSION = 2  # bump when the on-disk step outputs change meaning
 
 
 @dataclass
@@ -238,14 +241,17 @@ def _save(path: Path, array: np.ndarray) -> None:
 
 
 def signatures_task(task: tuple) -> int:
-    """Step 1, one shard: exact hash + band keys of each document -> keys file; returns docs."""
-    shard, out, cfg, bands, rows = task
-    blocks, texts = [], []
+    """Step 1, one shard: exact hash + band keys of each document -> keys file, and the
+    signatures -> sigs file (when candidates are verified); returns docs."""
+    shard, out, sig_out, cfg, bands, rows = task
+    blocks, sig_blocks, texts = [], [], []
 
     def flush() -> None:
         exact = np.fromiter((exact_key(t) for t in texts), dtype=np.uint64, count=len(texts))
-        near = band_keys(minhash(texts, cfg.ngram, bands * rows, cfg.seed), bands, rows) if bands else np.zeros((0, len(texts)), np.uint64)
+        sig = minhash(texts, cfg.ngram, bands * rows, cfg.seed) if bands else np.zeros((len(texts), 0), np.uint32)
+        near = band_keys(sig, bands, rows) if bands else np.zeros((0, len(texts)), np.uint64)
         blocks.append(np.vstack([exact[None, :], near]))
+        sig_blocks.append(sig)
         texts.clear()
 
     for doc in read_shard(shard):
@@ -254,7 +260,9 @@ def signatures_task(task: tuple) -> int:
             flush()
     flush()
     keys = np.concatenate(blocks, axis=1)
-    _save(out, keys)
+    if sig_out is not None:
+        _save(sig_out, np.concatenate(sig_blocks))
+    _save(out, keys)  # last: its presence marks the task done
     return keys.shape[1]
 
 
@@ -272,15 +280,53 @@ def buckets_task(task: tuple) -> int:
     return len(pairs)
 
 
-def forest_task(task: tuple) -> int:
-    """Step 3, one group of bands: union-find over their pairs -> (doc, root) forest."""
-    pair_files, out = task
+def gather_signatures(ids: np.ndarray, sig_files: list[str], starts: list[int]) -> np.ndarray:
+    """Signature rows of global document ids, read from the per-shard files (memory-mapped)."""
+    starts_arr = np.asarray(starts, dtype=np.int64)
+    shard_of = np.searchsorted(starts_arr, ids, side="right") - 1
+    out = None
+    for s in np.unique(shard_of).tolist():
+        sig = np.load(sig_files[s], mmap_mode="r")
+        if out is None:
+            out = np.empty((len(ids), sig.shape[1]), dtype=np.uint32)
+        mask = shard_of == s
+        out[mask] = sig[ids[mask] - starts_arr[s]]
+    return out if out is not None else np.zeros((0, 0), dtype=np.uint32)
+
+
+def verify_pairs(pairs: np.ndarray, sig_files: list[str], starts: list[int], threshold: float) -> np.ndarray:
+    """The candidate pairs whose MinHash Jaccard estimate (share of equal hashes) is >= threshold."""
+    if len(pairs) == 0:
+        return pairs
+    pairs = np.unique(pairs, axis=0)  # a pair found in several bands is checked once
+    keep = np.zeros(len(pairs), dtype=bool)
+    for lo in range(0, len(pairs), 65536):  # bounded memory: 2 x 64k x hashes x 4 bytes
+        chunk = pairs[lo:lo + 65536]
+        a = gather_signatures(chunk[:, 0], sig_files, starts)
+        b = gather_signatures(chunk[:, 1], sig_files, starts)
+        keep[lo:lo + len(chunk)] = (a == b).mean(axis=1) >= threshold
+    return pairs[keep]
+
+
+def forest_task(task: tuple) -> dict:
+    """Step 3, one group of bands: verify their candidate pairs, union-find over the verified ones
+    -> (doc, root) forest; the counts go next to it (`forest/<group>.json`)."""
+    pair_files, out, verify = task  # pair_files: [(file, needs_check)]; verify: (sig files, starts, threshold) | None
     uf = UnionFind()
-    for f in pair_files:
-        uf.add_pairs(np.load(f))
+    candidates = rejected = 0
+    for f, check in pair_files:
+        pairs = np.load(f)
+        if check and verify is not None:
+            candidates += len(pairs)
+            kept = verify_pairs(pairs, *verify)
+            rejected += len(np.unique(pairs, axis=0)) - len(kept) if len(pairs) else 0
+            pairs = kept
+        uf.add_pairs(pairs)
     forest = uf.forest()
+    counts = {"candidate_pairs": candidates, "rejected_pairs": rejected, "forest": len(forest)}
+    write_json(Path(out).with_suffix(".json"), counts)
     _save(out, forest)
-    return len(forest)
+    return counts
 
 
 def keep_task(task: tuple) -> np.ndarray:
@@ -297,8 +343,20 @@ def keep_task(task: tuple) -> np.ndarray:
 # ---------------------------------------------------------------- driver
 
 
-def _run(map_fn: Callable, fn: Callable, tasks: list, desc: str) -> list:
-    return list(tqdm(map_fn(fn, tasks), total=len(tasks), desc=f"dedup {desc}", unit="task", disable=not tasks))
+def _run(map_fn: Callable, fn: Callable, tasks: list, desc: str, sizes: list[int] | None = None, unit: str = "task") -> list:
+    """One bar per step, advanced by each task's size (documents of a shard, or bands); a map function
+    from `executor.make_map` draws it itself, any other (`map`, a pool's map) is wrapped."""
+    if not tasks:
+        return []
+    if getattr(map_fn, "progress", False):
+        return map_fn(fn, tasks, desc=desc, sizes=sizes, unit=unit)
+    sizes = sizes or [1] * len(tasks)
+    with tqdm(total=sum(sizes), desc=desc, unit=unit, unit_scale=unit == "B", file=sys.stderr, dynamic_ncols=True) as bar:
+        results = []
+        for size, result in zip(sizes, map_fn(fn, tasks)):
+            results.append(result)
+            bar.update(size)
+    return results
 
 
 def _file_digest(path: Path) -> str:
@@ -322,15 +380,17 @@ def _prepare(work_dir: Path, shards: list[Path], cfg: DedupConfig, bands: int, r
     path = work_dir / "manifest.json"
     if path.exists() and json.loads(path.read_text(encoding="utf-8")) == manifest:
         return
-    for name in ("keys", "pairs", "forest", "keep"):
+    for name in ("keys", "sigs", "pairs", "forest", "keep"):
         shutil.rmtree(work_dir / name, ignore_errors=True)
     (work_dir / "clusters.npy").unlink(missing_ok=True)
     (work_dir / "stats.json").unlink(missing_ok=True)
     write_json(path, manifest)
 
 
-def dedup_shards(shards: list[Path], work_dir: Path, cfg: DedupConfig, map_fn: Callable = map) -> DedupResult:
-    """Deduplicate gzip-JSONL shards (in this fixed order); see the module docstring."""
+def dedup_shards(shards: list[Path], work_dir: Path, cfg: DedupConfig, map_fn: Callable = map,
+                 sizes: list[int] | None = None, desc: str = "dedup") -> DedupResult:
+    """Deduplicate gzip-JSONL shards (in this fixed order); see the module docstring. `sizes`: the
+    shards' document counts when known (progress in documents), else their bytes are used."""
     shards = [Path(p) for p in shards]
     work_dir = Path(work_dir)
     cfg.validate()
@@ -343,8 +403,13 @@ def dedup_shards(shards: list[Path], work_dir: Path, cfg: DedupConfig, map_fn: C
 
     # 1. signatures per shard
     key_files = [work_dir / "keys" / f"{i:05d}.npy" for i in range(len(shards))]
-    todo = [(s, f, cfg, bands, rows) for s, f in zip(shards, key_files) if not f.exists()]
-    _run(map_fn, signatures_task, todo, "1/4 signatures")
+    verify = bands > 0 and cfg.verify_threshold > 0
+    sig_files = [work_dir / "sigs" / f"{i:05d}.npy" for i in range(len(shards))]
+    todo = [(s, f, g if verify else None, cfg, bands, rows) for s, f, g in zip(shards, key_files, sig_files) if not f.exists()]
+    unit = "doc" if sizes is not None else "B"
+    shard_sizes = sizes if sizes is not None else [p.stat().st_size for p in shards]
+    size_of = dict(zip(map(str, shards), shard_sizes))
+    _run(map_fn, signatures_task, todo, f"{desc} 1/4 signatures", [size_of[str(t[0])] for t in todo], unit)
     counts = [np.load(f, mmap_mode="r").shape[1] for f in key_files]
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64).tolist()
 
@@ -352,15 +417,16 @@ def dedup_shards(shards: list[Path], work_dir: Path, cfg: DedupConfig, map_fn: C
     key_rows = ([0] if cfg.exact else []) + list(range(1, bands + 1))
     pair_files = {r: work_dir / "pairs" / f"{r:03d}.npy" for r in key_rows}
     todo = [(r, key_files, f) for r, f in pair_files.items() if not f.exists()]
-    _run(map_fn, buckets_task, todo, "2/4 buckets")
+    _run(map_fn, buckets_task, todo, f"{desc} 2/4 buckets", unit="band")
 
     # 3. clusters: union-find per group of bands, then one merge of the (small) forests
     clusters_file = work_dir / "clusters.npy"
+    groups = [key_rows[i : i + BANDS_PER_GROUP] for i in range(0, len(key_rows), BANDS_PER_GROUP)]
+    forest_files = [work_dir / "forest" / f"{g[0]:03d}.npy" for g in groups]
     if not clusters_file.exists():
-        groups = [key_rows[i : i + BANDS_PER_GROUP] for i in range(0, len(key_rows), BANDS_PER_GROUP)]
-        forest_files = [work_dir / "forest" / f"{g[0]:03d}.npy" for g in groups]
-        todo = [([pair_files[r] for r in g], f) for g, f in zip(groups, forest_files) if not f.exists()]
-        _run(map_fn, forest_task, todo, "3/4 clusters")
+        check = (list(map(str, sig_files)), starts, cfg.verify_threshold) if verify else None
+        todo = [([(pair_files[r], r != 0) for r in g], f, check) for g, f in zip(groups, forest_files) if not f.exists()]
+        _run(map_fn, forest_task, todo, f"{desc} 3/4 clusters", [len(t[0]) for t in todo], unit="band")
         uf = UnionFind()
         for f in forest_files:
             uf.add_pairs(np.load(f))
@@ -369,12 +435,13 @@ def dedup_shards(shards: list[Path], work_dir: Path, cfg: DedupConfig, map_fn: C
     # 4. keep masks per shard
     keep_files = [work_dir / "keep" / f"{i:05d}.npy" for i in range(len(shards))]
     todo = [(clusters_file, st, n, f) for st, n, f in zip(starts, counts, keep_files) if not f.exists()]
-    _run(map_fn, keep_task, todo, "4/4 filter")
+    _run(map_fn, keep_task, todo, f"{desc} 4/4 filter", [t[2] for t in todo], unit="doc")
     keep = [np.load(f) for f in keep_files]
 
     clusters = np.load(clusters_file)
     exact_dups = len(np.load(pair_files[0])) if cfg.exact else 0
     removed = len(clusters)
+    checked = [json.loads(f.with_suffix(".json").read_text(encoding="utf-8")) for f in forest_files]
     stats = {
         "documents": int(sum(counts)),
         "kept": int(sum(counts)) - removed,
@@ -383,6 +450,9 @@ def dedup_shards(shards: list[Path], work_dir: Path, cfg: DedupConfig, map_fn: C
         "clusters": int(len(np.unique(clusters[:, 1]))),
         "ngram": cfg.ngram,
         "threshold": cfg.threshold,
+        "verify_threshold": cfg.verify_threshold if verify else 0.0,
+        "candidate_pairs": sum(c["candidate_pairs"] for c in checked),  # band pairs checked (a pair may recur across groups)
+        "rejected_pairs": sum(c["rejected_pairs"] for c in checked),  # below verify_threshold: kept apart
         "bands": bands,
         "rows": rows,
         "s_curve": s_curve(bands, rows) if bands else [],
@@ -417,11 +487,7 @@ def run_dedup_command(args: DedupCommand) -> int:
     if len({s.name for s in shards}) != len(shards):
         raise UserError("dedup: input shards must have distinct file names (outputs keep the names)")
     out = Path(args.output)
-    if args.workers > 1:
-        with ProcessPoolExecutor(args.workers) as pool:
-            result = dedup_shards(shards, out / ".dedup", cfg, map_fn=lambda fn, tasks: list(pool.map(fn, tasks)))
-    else:
-        result = dedup_shards(shards, out / ".dedup", cfg)
+    result = dedup_shards(shards, out / ".dedup", cfg, map_fn=make_map("local", args.workers))
     for shard, keep in zip(shards, result.keep):
         write_shard(out / shard.name, (doc for doc, k in zip(read_shard(shard), keep) if k))
     write_json(out / "stats.json", result.stats)
