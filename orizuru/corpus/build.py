@@ -15,7 +15,6 @@ Memory is bounded by one input file's documents per worker, not by the corpus.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from orizuru.config import to_dict
+from orizuru.corpus.classifier import load_classifier
 from orizuru.corpus.config import CorpusConfig
 from orizuru.corpus.dedup import dedup_shards
 from orizuru.corpus.doc import Doc, read_shard, write_shard
@@ -34,7 +34,7 @@ from orizuru.corpus.extract import extract_text
 from orizuru.corpus.langid import detect
 from orizuru.corpus.normalize import boilerplate_keys, line_keys, normalize_text, strip_boilerplate
 from orizuru.corpus.quality import c4_lines, en_failing_rule, en_metrics, host_blocked, ja_failing_rule, ja_metrics
-from orizuru.corpus.read import input_kind, read_file
+from orizuru.corpus.read import expand_inputs, read_file
 from orizuru.errors import UserError
 from orizuru.files import atomic_write, write_json
 
@@ -42,24 +42,6 @@ log = logging.getLogger("orizuru.corpus")
 STEPS = ("read", "extract", "lang", "quality", "normalize", "dedup")
 ROUTINE_SKIPS = {"not_response", "non_html", "http_status"}  # normal in any crawl: logged at debug level
 MAX_SKIP_EXAMPLES = 20  # per input file, kept in stats.json; every skip is logged
-
-
-def expand_inputs(patterns: list[str]) -> list[Path]:
-    """Globs, files and directories -> sorted unique supported files; errors name the bad pattern."""
-    found: set[Path] = set()
-    for pattern in patterns:
-        matches = [Path(p) for p in glob.glob(pattern, recursive=True)] or ([Path(pattern)] if Path(pattern).exists() else [])
-        if not matches:
-            raise UserError(f"--input {pattern}: no such file or no file matches")
-        for m in matches:
-            files = sorted(p for p in m.rglob("*") if p.is_file() and input_kind(p)) if m.is_dir() else [m]
-            for f in files:
-                if input_kind(f) is None:
-                    raise UserError(f"--input {f}: unsupported file type (expected .warc[.gz], .html, .jsonl[.gz], .txt)")
-                found.add(f.resolve())
-    if not found:
-        raise UserError(f"--input {' '.join(patterns)}: no supported input files")
-    return sorted(found)
 
 
 # ---------------------------------------------------------------- per-document steps
@@ -89,6 +71,16 @@ def process_doc(doc: Doc, cfg: CorpusConfig) -> tuple[Doc | None, str, str | Non
     doc.meta["quality"] = {k: _round(v) for k, v in metrics.items()}
     if rule:
         return None, "quality", rule
+    if cfg.classifier.model:
+        score = float(load_classifier(cfg.classifier.model).score([doc.text])[0])
+        doc.meta["quality_score"] = round(score, 4)
+        if score < cfg.classifier.threshold:
+            return None, "quality", "classifier"
+    if cfg.harmful.model:
+        score = float(load_classifier(cfg.harmful.model).score([doc.text])[0])
+        doc.meta["harmful_score"] = round(score, 4)
+        if score >= cfg.harmful.threshold:
+            return None, "quality", "harmful"
     doc.text = normalize_text(doc.text, cfg.normalize)
     if not doc.text:
         return None, "normalize", "empty"
@@ -240,6 +232,10 @@ def merge_stats(entries: list[dict], cleaned: list[dict], dedup_stats: dict | No
         "languages_kept": dict(sorted(langs.items())),
         "boilerplate_lines_removed": sum(c["lines_removed"] for c in cleaned),
         "dedup": dedup_stats or {},
+        "classifiers": {
+            name: {"model": c.model, "label": load_classifier(c.model).meta["label"], "threshold": c.threshold,
+                   "heldout": load_classifier(c.model).meta["heldout"], "removed": by_step.get("quality", {}).get(reason, 0)}
+            for name, c, reason in (("quality", cfg.classifier, "classifier"), ("harmful", cfg.harmful, "harmful")) if c.model},
         "config": to_dict(cfg),
     }
 
@@ -262,6 +258,11 @@ def stats_markdown(stats: dict) -> str:
     if stats["dedup"]:
         shown = {k: v for k, v in stats["dedup"].items() if not isinstance(v, (list, dict))}
         lines += ["", "Deduplication: " + ", ".join(f"{k} = {v}" for k, v in shown.items())]
+    if stats.get("classifiers"):
+        lines += ["", "| classifier | model | threshold | held-out precision | held-out recall | documents removed |",
+                  "|---|---|---:|---:|---:|---:|"]
+        lines += [f"| {name} | `{c['model']}` | {c['threshold']} | {c['heldout']['precision']:.3f} | "
+                  f"{c['heldout']['recall']:.3f} | {c['removed']:,} |" for name, c in stats["classifiers"].items()]
     lines += ["", f"Languages kept: {stats['languages_kept']}; boilerplate lines removed: {stats['boilerplate_lines_removed']:,}."]
     return "\n".join(lines) + "\n"
 

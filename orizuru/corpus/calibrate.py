@@ -2,7 +2,7 @@
 
 The input is JSONL of {text, label: clean|junk, kind} (default: the shipped set
 `orizuru/data/calibration/filters.jsonl.gz`, see its SOURCES.md). Each document is measured once
-(language, then the Swallow measures); then, per rule alone and for all rules together, the share of
+(language, the Swallow measures, and the quality and harmful classifiers when configured); then, per rule alone and for all rules together, the share of
 clean documents kept per source and per length, and the share of junk removed per kind. This is how
 the defaults in `configs/corpus.toml` were chosen: thresholds are set so that every clean source
 keeps >= 95% at every length, and then as tight as that allows.
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from orizuru.corpus.classifier import load_classifier
 from orizuru.corpus.config import CorpusConfig
 from orizuru.corpus.langid import detect
 from orizuru.corpus.quality import ja_failing_rules, ja_metrics
@@ -64,6 +65,10 @@ def judge(rows: list[dict], cfg: CorpusConfig) -> list[Judged]:
         text = row["text"]
         lang, _ = detect(text, cfg.lang)
         rules = ([] if lang == "ja" else ["lang"]) + ja_failing_rules(ja_metrics(text, cfg.quality_ja), cfg.quality_ja)
+        if cfg.classifier.model and load_classifier(cfg.classifier.model).score([text])[0] < cfg.classifier.threshold:
+            rules.append("classifier")
+        if cfg.harmful.model and load_classifier(cfg.harmful.model).score([text])[0] >= cfg.harmful.threshold:
+            rules.append("harmful")
         out.append(Judged(row["label"], row["kind"], len(text), rules))
     return out
 

@@ -11,6 +11,7 @@ from typing import Literal
 from orizuru.config import ConfigError, parse_subcommand, stage_config
 from orizuru.corpus.build import build_corpus, dry_run, stats_markdown
 from orizuru.corpus.calibrate import DEFAULT_SET, calibrate, report_markdown
+from orizuru.corpus.classifier import ClassifierTrainConfig, train_classifier
 from orizuru.corpus.config import CorpusConfig
 from orizuru.corpus.dedup import DedupCommand, run_dedup_command
 from orizuru.files import atomic_write, write_json
@@ -44,7 +45,18 @@ class CorpusCalibrate:
     corpus: CorpusConfig = stage_config(CorpusConfig)
 
 
-SUBCOMMANDS = {"build": CorpusBuild, "dedup": DedupCommand, "calibrate": CorpusCalibrate}
+@dataclass
+class CorpusTrainClassifier:
+    """Train a quality (or harmful-content) classifier: positive vs negative documents -> DIR for [classifier] model."""
+
+    positive: list[str]  # documents to keep (quality) or to drop (harmful): files, directories or globs
+    negative: list[str]  # the other class, e.g. a random sample of the crawl
+    output: str  # model directory: classifier.json (held-out precision/recall) + model
+    train: ClassifierTrainConfig = stage_config(ClassifierTrainConfig)
+
+
+SUBCOMMANDS = {"build": CorpusBuild, "dedup": DedupCommand, "calibrate": CorpusCalibrate,
+               "train-classifier": CorpusTrainClassifier}
 
 
 def main(argv: list[str]) -> int:
@@ -52,6 +64,13 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if command == "dedup":
         return run_dedup_command(args)
+    if command == "train-classifier":
+        meta = train_classifier(args.positive, args.negative, Path(args.output), args.train)
+        h = meta["heldout"]
+        print(f"{meta['backend']} {meta['label']} classifier -> {args.output}: held-out precision {h['precision']:.3f}, "
+              f"recall {h['recall']:.3f}, accuracy {h['accuracy']:.3f} at threshold {meta['threshold']} "
+              f"({h['positives']} positive, {h['negatives']} negative held out)")
+        return 0
     if command == "calibrate":
         rep = calibrate(Path(args.input), args.corpus)
         if args.output:

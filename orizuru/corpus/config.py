@@ -7,6 +7,7 @@ Gopher (Rae et al. 2021) / C4 (Raffel et al. 2020) rules for English. `configs/c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from orizuru.config import ConfigError
@@ -151,6 +152,19 @@ class EnQualityConfig:
 
 
 @dataclass
+class ClassifierConfig:
+    """A model from `orizuru corpus train-classifier`, applied after the rules (empty model: off)."""
+
+    model: str = ""  # classifier directory (classifier.json + model)
+    threshold: float = 0.5  # quality: dropped below this P(positive); harmful: dropped at or above it
+
+    def validate(self) -> None:
+        _check(0.0 < self.threshold < 1.0, "classifier.threshold", "in (0, 1)", self.threshold)
+        _check(not self.model or (Path(self.model) / "classifier.json").is_file(), "classifier.model",
+               "a directory written by orizuru corpus train-classifier (with classifier.json)", self.model)
+
+
+@dataclass
 class NormalizeConfig:
     nfkc: bool = True
     unify_punct: bool = True  # ，． -> 、。 (after NFKC they are ,. next to Japanese letters)
@@ -216,6 +230,8 @@ class CorpusConfig:
     quality_ja: JaQualityConfig = field(default_factory=JaQualityConfig)
     quality_en: EnQualityConfig = field(default_factory=EnQualityConfig)
     blocked_hosts: list[str] = field(default_factory=lambda: ["5ch.net", "wikipedia.org"])  # host or its subdomains
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)  # quality classifier: keeps pages like its positives
+    harmful: ClassifierConfig = field(default_factory=ClassifierConfig)  # harmful-content classifier: drops pages like its positives
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     dedup_enabled: bool = True

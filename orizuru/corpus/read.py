@@ -13,6 +13,7 @@ and ISO-2022-JP apart). Shift_JIS is read as cp932, its superset that Japanese W
 from __future__ import annotations
 
 import codecs
+import glob
 import gzip
 import json
 import re
@@ -25,6 +26,7 @@ from resiliparse.parse.encoding import detect_encoding
 
 from orizuru.corpus.config import ReadConfig
 from orizuru.corpus.doc import Doc
+from orizuru.errors import UserError
 
 Skip = Callable[[str, int, str], None]
 
@@ -262,6 +264,24 @@ def read_whole(path: Path, kind: str, cfg: ReadConfig, skip: Skip) -> Iterator[D
     doc = _html_doc(data, "text/html" if kind == "html" else "text/plain", f"{path.name}/0", "", meta, 0, skip)
     if doc:
         yield doc
+
+
+def expand_inputs(patterns: list[str], flag: str = "--input") -> list[Path]:
+    """Globs, files and directories -> sorted unique supported files; errors name the bad pattern."""
+    found: set[Path] = set()
+    for pattern in patterns:
+        matches = [Path(p) for p in glob.glob(pattern, recursive=True)] or ([Path(pattern)] if Path(pattern).exists() else [])
+        if not matches:
+            raise UserError(f"{flag} {pattern}: no such file or no file matches")
+        for m in matches:
+            files = sorted(p for p in m.rglob("*") if p.is_file() and input_kind(p)) if m.is_dir() else [m]
+            for f in files:
+                if input_kind(f) is None:
+                    raise UserError(f"{flag} {f}: unsupported file type (expected .warc[.gz], .html, .jsonl[.gz], .txt)")
+                found.add(f.resolve())
+    if not found:
+        raise UserError(f"{flag} {' '.join(patterns)}: no supported input files")
+    return sorted(found)
 
 
 def read_file(path: str | Path, cfg: ReadConfig, skip: Skip) -> Iterator[Doc]:
