@@ -35,6 +35,7 @@ from orizuru.corpus.langid import detect
 from orizuru.corpus.normalize import boilerplate_keys, line_keys, normalize_text, strip_boilerplate
 from orizuru.corpus.quality import c4_lines, en_failing_rule, en_metrics, host_blocked, ja_failing_rule, ja_metrics
 from orizuru.corpus.read import expand_inputs, read_file
+from orizuru.corpus.semdedup import semdedup_shards
 from orizuru.errors import UserError
 from orizuru.files import atomic_write, write_json
 
@@ -258,6 +259,10 @@ def stats_markdown(stats: dict) -> str:
     if stats["dedup"]:
         shown = {k: v for k, v in stats["dedup"].items() if not isinstance(v, (list, dict))}
         lines += ["", "Deduplication: " + ", ".join(f"{k} = {v}" for k, v in shown.items())]
+    if stats.get("semdedup"):
+        sd = stats["semdedup"]
+        lines += ["", f"SemDeDup: {sd['documents']:,} documents in {sd['clusters']:,} clusters, {sd['removed']:,} removed "
+                      f"(cosine > {sd['threshold']})."]
     if stats.get("classifiers"):
         lines += ["", "| classifier | model | threshold | held-out precision | held-out recall | documents removed |",
                   "|---|---|---:|---:|---:|---:|"]
@@ -292,6 +297,10 @@ def build_corpus(inputs: list[str], output: Path, config: CorpusConfig | None = 
                               desc="4 dedup")
         masks = [np.asarray(m, dtype=bool).tolist() for m in result.keep]
         dedup_stats = result.stats
+    semdedup_stats = None
+    if cfg.semdedup.model:  # on what MinHash kept
+        sem_keep, semdedup_stats = semdedup_shards(shards, cfg.semdedup, masks)
+        masks = [k.tolist() for k in sem_keep]
     ext = "parquet" if cfg.output.format == "parquet" else "jsonl.gz"
     outs = [output / f"part-{i:05d}.{ext}" for i in range(len(shards))]
     written = map_fn(write_output, [(str(s), str(o), m, cfg.output.format) for s, o, m in zip(shards, outs, masks)],
@@ -300,6 +309,8 @@ def build_corpus(inputs: list[str], output: Path, config: CorpusConfig | None = 
         if stale not in outs:
             os.unlink(stale)
     stats = merge_stats(entries, cleaned, dedup_stats, written, cfg)
+    if semdedup_stats is not None:
+        stats["semdedup"] = semdedup_stats
     write_json(output / "stats.json", stats)
     with atomic_write(output / "summary.md") as f:
         f.write(stats_markdown(stats))

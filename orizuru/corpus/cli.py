@@ -14,6 +14,7 @@ from orizuru.corpus.calibrate import DEFAULT_SET, calibrate, report_markdown
 from orizuru.corpus.classifier import ClassifierTrainConfig, train_classifier
 from orizuru.corpus.config import CorpusConfig
 from orizuru.corpus.dedup import DedupCommand, run_dedup_command
+from orizuru.corpus.semdedup import SemDedupCommand, run_semdedup_command
 from orizuru.files import atomic_write, write_json
 
 
@@ -55,7 +56,7 @@ class CorpusTrainClassifier:
     train: ClassifierTrainConfig = stage_config(ClassifierTrainConfig)
 
 
-SUBCOMMANDS = {"build": CorpusBuild, "dedup": DedupCommand, "calibrate": CorpusCalibrate,
+SUBCOMMANDS = {"build": CorpusBuild, "dedup": DedupCommand, "semdedup": SemDedupCommand, "calibrate": CorpusCalibrate,
                "train-classifier": CorpusTrainClassifier}
 
 
@@ -64,6 +65,8 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if command == "dedup":
         return run_dedup_command(args)
+    if command == "semdedup":
+        return run_semdedup_command(args)
     if command == "train-classifier":
         meta = train_classifier(args.positive, args.negative, Path(args.output), args.train)
         h = meta["heldout"]

@@ -223,6 +223,33 @@ class DedupConfig:
 
 
 @dataclass
+class SemDedupConfig:
+    """Config section [semdedup]; off unless `model` (build) or `model`/`embeddings` (command) is set."""
+
+    model: str = ""  # HF Llama directory (with its tokenizer): embeddings = mean-pooled final hidden states
+    embeddings: str = ""  # `orizuru corpus semdedup` only: a .npy [documents, dim], rows in input order
+    clusters: int = 0  # k-means clusters; 0: about sqrt(documents)
+    threshold: float = 0.95  # cosine similarity above which a later document of a cluster is removed
+    iterations: int = 20  # k-means iterations
+    max_tokens: int = 512  # tokens of each document embedded (the start of the page)
+    batch_size: int = 16
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.model and self.embeddings:
+            raise ConfigError("config keys 'semdedup.model' and 'semdedup.embeddings' exclude each other")
+        if not -1.0 < self.threshold < 1.0:
+            raise ConfigError(f"config key 'semdedup.threshold' must be in (-1, 1), got {self.threshold}")
+        for key in ("iterations", "max_tokens", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key 'semdedup.{key}' must be >= 1, got {getattr(self, key)}")
+        if self.clusters < 0:
+            raise ConfigError(f"config key 'semdedup.clusters' must be >= 0, got {self.clusters}")
+        if self.model and not (Path(self.model) / "config.json").is_file():
+            raise ConfigError(f"config key 'semdedup.model' must be a Hugging Face model directory (config.json), got {self.model!r}")
+
+
+@dataclass
 class CorpusConfig:
     read: ReadConfig = field(default_factory=ReadConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
@@ -236,3 +263,8 @@ class CorpusConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     dedup_enabled: bool = True
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    semdedup: SemDedupConfig = field(default_factory=SemDedupConfig)  # after MinHash; off unless semdedup.model is set
+
+    def validate(self) -> None:
+        if self.semdedup.embeddings:
+            raise ConfigError("config key 'semdedup.embeddings' is for orizuru corpus semdedup; the build embeds with semdedup.model")
