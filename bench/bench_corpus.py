@@ -121,8 +121,8 @@ def run_datatrove(shards: list[Path], work: Path, workers: int, bands: int, rows
 
 def run_orizuru_build(shards: list[Path], work: Path, workers: int, bands: int, rows: int) -> dict:
     from orizuru.corpus.build import build_corpus
-    from orizuru.corpus.config import CorpusConfig
-    cfg = CorpusConfig(dedup={"bands": bands, "rows": rows})
+    from orizuru.corpus.config import CorpusConfig, DedupConfig
+    cfg = CorpusConfig(dedup=DedupConfig(bands=bands, rows=rows))
     start = time.perf_counter()
     stats = build_corpus([str(s) for s in shards], work, cfg, "local", workers)
     wall = time.perf_counter() - start

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from orizuru.config import stage_config
@@ -22,13 +21,17 @@ from orizuru.corpus.config import SemDedupConfig
 from orizuru.corpus.doc import read_shard, write_shard
 from orizuru.errors import UserError
 from orizuru.files import write_json
-from orizuru.model.checkpoint import load_model
-from orizuru.runtime import setup_device
-from orizuru.tokenizer.tokenizer import Tokenizer
 
 
 def embed(texts: list[str], model_dir: str, max_tokens: int = 512, batch_size: int = 16) -> np.ndarray:
     """Unit-length mean-pooled final hidden states, float32 [len(texts), dim]."""
+    # torch and the model only when embedding: the build imports this module on every run (as pyarrow for parquet)
+    import torch
+
+    from orizuru.model.checkpoint import load_model
+    from orizuru.runtime import setup_device
+    from orizuru.tokenizer.tokenizer import Tokenizer
+
     device, autocast = setup_device()
     model = load_model(model_dir, device=device)
     tok = Tokenizer.load(model_dir)
