@@ -33,7 +33,7 @@ from orizuru.files import atomic_dir, write_json
 @dataclass
 class ClassifierTrainConfig:
     backend: Literal["hashed", "fasttext"] = "hashed"  # see ARCHITECTURE.md for the measurement behind the default
-    label: str = "quality"  # what a positive is: "quality" (keep above threshold) or "harmful" (drop above it)
+    label: Literal["quality", "harmful"] = "quality"  # what a positive is: "quality" (keep above threshold) or "harmful" (drop above it)
     heldout: float = 0.2  # share of each class held out for precision/recall
     threshold: float = 0.5  # P(positive) cut the held-out figures are measured at
     dim_bits: int = 20  # hashed: 2^bits feature buckets
