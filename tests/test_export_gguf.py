@@ -121,6 +121,20 @@ def test_greedy_and_logits_match(chat_dir, tmp_path, dtype, atol):
         assert _cpp_greedy(llm, ids, N_NEW) == expected
 
 
+def test_generate_command_text_matches_llama_cpp(chat_dir, tmp_path, capsys):
+    """`orizuru generate`'s printed text equals llama-cpp-python's greedy completion of the same prompt."""
+    _, d = chat_dir
+    path = tmp_path / "m.gguf"
+    export_gguf(d, path, "f32", progress=False)
+    llm = _llama(path)
+    for prompt in [t[:20] for t in ja_texts(2)]:
+        capsys.readouterr()
+        assert cli(["generate", "--model", str(d), "--prompt", prompt, "--max-new-tokens", str(N_NEW)]) == 0
+        ours = capsys.readouterr().out.removesuffix("\n")
+        theirs = llm.create_completion(prompt, max_tokens=N_NEW, temperature=0.0)["choices"][0]["text"]
+        assert len(ours) > 10 and theirs == ours
+
+
 def test_q8_0_close(chat_dir, tmp_path):
     model, d = chat_dir
     path = tmp_path / "m-q8.gguf"
