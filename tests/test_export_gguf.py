@@ -157,12 +157,19 @@ def test_q8_0_close(chat_dir, tmp_path):
     assert agree / total > 0.85  # measured 0.93 (82 of 88 positions; this model's top two are often close)
 
 
-@pytest.mark.parametrize("variant", ["gqa-tied", "llama3-rope"])
+VARIANTS = {
+    "gqa-tied": dict(n_kv_heads=1, tie=True),
+    "llama3-rope": dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                      "original_max_position_embeddings": 32}),
+    "padded-vocab": dict(vocab_size=1100),  # embedding rows past the tokenizer: UNUSED placeholder tokens
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_architecture_variants(tmp_path, variant):
-    """One KV head with tied embeddings; Llama 3.1 rope scaling through `rope_freqs` (positions past 8)."""
-    kw = dict(n_kv_heads=1, tie=True) if variant == "gqa-tied" else dict(
-        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                      "original_max_position_embeddings": 32})  # fmt: skip
+    """One KV head with tied embeddings; Llama 3.1 rope scaling through `rope_freqs` (positions past
+    32); an embedding larger than the tokenizer."""
+    kw = VARIANTS[variant]
     model = tiny_model(seed=5, **kw)
     save_model(model, tmp_path / "model", ja_tokenizer())
     export_gguf(tmp_path / "model", tmp_path / "m.gguf", "f32", progress=False)
