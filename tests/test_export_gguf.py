@@ -21,7 +21,7 @@ from orizuru.export.writer import export_gguf, permute_rope
 from orizuru.model.checkpoint import save_model
 from orizuru.model.generate import generate
 from orizuru.tokenizer.chat import CHAT_TEMPLATE, ChatTokenizer, prompt_ids
-from orizuru.tokenizer.tokenizer import END, Tokenizer, train_unigram
+from orizuru.tokenizer.tokenizer import END, Tokenizer, train_bpe, train_unigram
 
 try:
     import llama_cpp
@@ -203,3 +203,11 @@ def test_bad_input(tmp_path, chat_dir):
     with pytest.raises(UserError, match="model directory not found"):
         export_gguf(tmp_path / "nowhere", tmp_path / "x.gguf")
     assert cli(["export", "gguf", "--model", str(chat_dir[1]), "--output", str(tmp_path / "y.gguf"), "--dtype", "q4"]) == 2
+
+
+def test_nfkc_tokenizer_warns(tmp_path):
+    """llama.cpp has no NFKC step: the file is written, with a warning saying what differs."""
+    tok = Tokenizer(train_bpe(ja_texts(20), 600, nfkc=True, show_progress=False))
+    save_model(tiny_model(vocab_size=tok.vocab_size), tmp_path / "nfkc", tok)
+    info = export_gguf(tmp_path / "nfkc", tmp_path / "n.gguf", "f32", progress=False)
+    assert (tmp_path / "n.gguf").is_file() and any("NFKC normalizer" in w for w in info["warnings"])
