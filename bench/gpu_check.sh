@@ -7,7 +7,7 @@
 # Steps: model (the shared ~125M model directory and token shards, bench/bench_model.py);
 # mfu_compiled, mfu_uncompiled, mfu_activation_checkpointing (bench/bench_mfu.py, seq 1024 bf16);
 # bf16_logits (bench/bench_bf16.py: ours vs transformers, SDPA kernel); fsdp2_resume
-# (bench/bench_fsdp.py: orizuru pretrain train.fsdp=true, SIGKILL, resume); eval_vs_lm_eval
+# (bench/bench_fsdp.py: orizuru pretrain train.fsdp=true on a tiny config, SIGKILL, resume); eval_vs_lm_eval
 # (bench/bench_eval.py on the GPU; needs lm-eval); serve (bench/bench_serve.py at concurrency 1/16/64).
 #
 # Environment: PYTHON (default python3); GPU_CHECK_BUDGET seconds for everything (default 450, so
@@ -61,7 +61,7 @@ if [ "$TINY" = 1 ]; then
   SIZE=tiny MFU=(--batch 2 --seq 64 --steps 2 --warmup 1) BF16=(--batch 2 --seq 64) FSDP=(--steps 6) EVAL=(--n 5 --threads 1)
   SERVE=(--concurrency 1,4)
 else
-  SIZE=125m MFU=(--batch 16 --seq 1024 --steps 30 --warmup 5) BF16=(--batch 4 --seq 1024) FSDP=(--steps 12) EVAL=(--n 200 --threads 8)
+  SIZE=125m MFU=(--batch 16 --seq 1024 --steps 30 --warmup 5) BF16=(--batch 4 --seq 1024) FSDP=(--steps 40) EVAL=(--n 200 --threads 8)
   SERVE=(--concurrency 1,16,64)
 fi
 CUDA=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2> /dev/null || echo 0)
@@ -75,7 +75,7 @@ step mfu_compiled 180 "$PY" bench/bench_mfu.py "${MFU[@]}"
 step mfu_uncompiled 60 "$PY" bench/bench_mfu.py "${MFU[@]}" --no-compile
 step mfu_activation_checkpointing 90 "$PY" bench/bench_mfu.py "${MFU[@]}" --no-compile --activation-checkpointing
 step bf16_logits 90 "$PY" bench/bench_bf16.py --model "$MODEL" "${BF16[@]}"
-step fsdp2_resume 180 "$PY" bench/bench_fsdp.py --data "$WORK/bench/data" --vocab-size "$VOCAB" --size "$SIZE" --work "$WORK/fsdp" "${FSDP[@]}"
+step fsdp2_resume 150 "$PY" bench/bench_fsdp.py --data "$WORK/bench/data" --vocab-size "$VOCAB" --size tiny --work "$WORK/fsdp" "${FSDP[@]}"
 if "$LM_EVAL_PYTHON" -c "import lm_eval" > /dev/null 2>&1; then
   step eval_vs_lm_eval 150 "$PY" bench/bench_eval.py --model "$MODEL" --lm-eval-python "$LM_EVAL_PYTHON" "${EVAL[@]}"
 else
