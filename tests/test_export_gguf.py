@@ -106,6 +106,28 @@ def test_tokenization_matches(chat_dir, tmp_path):
     assert llm.detokenize(tok.encode("東京は日本の首都です。 Tokyo")).decode("utf-8") == "東京は日本の首都です。 Tokyo"
 
 
+def test_sentencepiece_import_tokenization_matches(tmp_path):
+    """A Llama 2 style SentencePiece BPE (dummy prefix, byte fallback) imported by orizuru exports
+    with llama.cpp's add_space_prefix and tokenizes as orizuru does."""
+    import sentencepiece as spm
+
+    from orizuru.tokenizer.tokenizer import from_sentencepiece
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(t.replace("\n", " ") for t in ja_texts(120)[20:]) + "\n", encoding="utf-8")
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "m"), vocab_size=2000, model_type="bpe",
+                                   character_coverage=0.99, minloglevel=2, byte_fallback=True, split_digits=True,
+                                   normalization_rule_name="identity", remove_extra_whitespaces=False)  # fmt: skip
+    tok = from_sentencepiece(tmp_path / "m.model")
+    save_model(tiny_model(vocab_size=tok.vocab_size), tmp_path / "model", tok)
+    info = export_gguf(tmp_path / "model", tmp_path / "m.gguf", "f32", progress=False)
+    assert info["warnings"] == []
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), vocab_only=True, verbose=False)
+    assert llm.metadata["tokenizer.ggml.add_space_prefix"] == "true"
+    for text in ja_texts(20) + EDGE_TEXTS[:4]:
+        assert llm.tokenize(text.encode("utf-8"), add_bos=True) == tok.encode(text, bos=True), text
+
+
 @pytest.mark.parametrize("dtype,atol", [("f32", 5e-5), ("f16", 1e-2)])  # measured max 2.4e-6 and 3.8e-3
 def test_greedy_and_logits_match(chat_dir, tmp_path, dtype, atol):
     model, d = chat_dir
