@@ -60,10 +60,9 @@ def _scores(model: dict, path: Path) -> dict[str, float]:
     return scores
 
 
-def read_vocab(model_dir: Path, n_vocab: int) -> Vocab:
-    """The GGUF vocabulary of a model directory's tokenizer, padded to the embedding's `n_vocab` rows."""
+def read_vocab(model_dir: Path, tok: Tokenizer, n_vocab: int) -> Vocab:
+    """The GGUF vocabulary of a model directory's tokenizer (`tok`, loaded from it), padded to the embedding's `n_vocab` rows."""
     path = model_dir / "tokenizer.json"
-    tok = Tokenizer.load(model_dir)  # the errors for a missing or malformed file
     if not path.is_file():
         raise UserError(f"{path}: GGUF export needs a tokenizer.json (a SentencePiece tokenizer.model alone is not read)")
     spec = json.loads(path.read_text(encoding="utf-8"))

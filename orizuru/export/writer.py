@@ -19,7 +19,7 @@ import torch
 from orizuru.errors import UserError
 from orizuru.export.vocab import Vocab, read_vocab
 from orizuru.files import atomic_write
-from orizuru.model.checkpoint import generation_ids, load_model
+from orizuru.model.checkpoint import generation_ids, load_model, model_config_from_hf, read_hf_config
 from orizuru.model.config import ModelConfig
 from orizuru.model.llama import rope_inv_freq
 from orizuru.tokenizer.tokenizer import Tokenizer
@@ -57,7 +57,7 @@ def gguf_tensors(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, 
     return out
 
 
-def _encode(name: str, t: torch.Tensor, qtype: gguf.GGMLQuantizationType) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
+def _encode(t: torch.Tensor, qtype: gguf.GGMLQuantizationType) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
     data = t.detach().to(torch.float32).cpu().numpy()
     if data.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:
         return data, gguf.GGMLQuantizationType.F32
@@ -107,17 +107,20 @@ def export_gguf(model_dir: str | Path, output: str | Path, dtype: str = "f16", p
     if dtype not in FILE_TYPES:
         raise UserError(f"--dtype must be one of {', '.join(FILE_TYPES)}, got {dtype!r}")
     model_dir = Path(model_dir)
+    # the tokenizer first: a refused one is reported before the weights are read
+    n_vocab = model_config_from_hf(read_hf_config(model_dir), str(model_dir / "config.json")).vocab_size
+    tok = Tokenizer.load(model_dir)
+    vocab = read_vocab(model_dir, tok, n_vocab)
     model = load_model(model_dir, dtype=torch.float32)
     cfg = model.cfg
-    tok = Tokenizer.load(model_dir)
-    vocab = read_vocab(model_dir, cfg.vocab_size)
     file_type, qtype = FILE_TYPES[dtype]
     tensors = gguf_tensors(model.state_dict(), cfg)
     output = Path(output)
     with atomic_write(output, "wb") as f:
         # the writer opens the temporary file by name; atomic_write renames it into place when done
         w = gguf.GGUFWriter(path=f.name, arch=gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
-        w.add_name(model_dir.resolve().name)
+        where = model_dir.resolve()
+        w.add_name(where.parent.name if where.name == "model" else where.name)  # runs/NAME/model -> NAME
         w.add_context_length(cfg.max_seq_len)
         w.add_embedding_length(cfg.dim)
         w.add_block_count(cfg.n_layers)
@@ -136,7 +139,7 @@ def export_gguf(model_dir: str | Path, output: str | Path, dtype: str = "f16", p
                    "pad": tok.hf.token_to_id(tok.pad_token) if tok.pad_token else None}  # fmt: skip
         _add_vocab(w, vocab, model_dir, special)
         for name, t in tensors.items():
-            data, kind = _encode(name, t, qtype)
+            data, kind = _encode(t, qtype)
             w.add_tensor(name, data, raw_dtype=kind)
         w.write_header_to_file()
         w.write_kv_data_to_file()
