@@ -1,6 +1,6 @@
 """FSDP2 in a process group of one: steps, a checkpoint, a SIGKILL, a resume, against an uninterrupted run.
 
-    python bench/bench_fsdp.py --data SHARDS --vocab-size V [--size 125m|tiny --steps 12 --work DIR]
+    python bench/bench_fsdp.py --data SHARDS --vocab-size V [--size small|tiny --steps 12 --work DIR]
 
 Each run is `torchrun --standalone --nproc-per-node 1 -m orizuru.cli pretrain` with
 `train.fsdp=true` (NCCL on CUDA, gloo on the CPU). The first run is killed (SIGKILL, its whole
@@ -26,7 +26,7 @@ import torch.distributed as dist
 from orizuru.runtime import init_distributed
 
 SIZES = {  # bench/bench_model.py's shapes
-    "125m": {"model.dim": 768, "model.n_layers": 12, "model.n_heads": 12, "model.n_kv_heads": 4, "model.max_seq_len": 1024,
+    "small": {"model.dim": 768, "model.n_layers": 12, "model.n_heads": 12, "model.n_kv_heads": 4, "model.max_seq_len": 1024,
              "train.seq_len": 1024, "train.batch_size": 8},
     "tiny": {"model.dim": 64, "model.n_layers": 2, "model.n_heads": 4, "model.n_kv_heads": 2, "model.max_seq_len": 64,
              "train.seq_len": 32, "train.batch_size": 4},
@@ -95,7 +95,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="token shard directory (bench/bench_model.py writes one)")
     ap.add_argument("--vocab-size", type=int, required=True)
-    ap.add_argument("--size", choices=SIZES, default="125m")
+    ap.add_argument("--size", choices=SIZES, default="small")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--work", type=Path, default=None, help="folder for the run directories (default: a temporary one)")
     ap.add_argument("--timeout", type=float, default=300, help="seconds for each run")

@@ -1,10 +1,10 @@
 """The model directory and token shards that bench/gpu_check.sh's steps share, built once.
 
-    python bench/bench_model.py WORK [--size 125m|tiny]
+    python bench/bench_model.py WORK [--size small|tiny]
 
 Writes WORK/tokenizer (a byte-fallback BPE trained on the shipped sample text), WORK/data (token
 shards of the sample, for `orizuru pretrain`) and WORK/model (a random-init HF Llama directory:
-bench_mfu.py's ~125M shape with a GQA variant's 4 KV heads, or a ~0.1M test shape). Prints one
+bench_mfu.py's dim 768 x 12 layers with an 8k vocabulary and 4 KV heads: 82M parameters, or a 0.13M test shape). Prints one
 JSON line: the paths, parameters and vocabulary size.
 """
 
@@ -25,7 +25,7 @@ from orizuru.train.tokenize import tokenize_files
 
 SIZES = {
     # bench_mfu.py's GPT-2-small shape (vocab cut to the tokenizer's), 4 KV heads as Llama 3 style models use
-    "125m": dict(vocab=8192, docs=None, model=dict(dim=768, n_layers=12, n_heads=12, n_kv_heads=4, max_seq_len=1024)),
+    "small": dict(vocab=8192, docs=None, model=dict(dim=768, n_layers=12, n_heads=12, n_kv_heads=4, max_seq_len=1024)),
     "tiny": dict(vocab=512, docs=300, model=dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=256)),
 }
 
@@ -33,7 +33,7 @@ SIZES = {
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("work", type=Path)
-    ap.add_argument("--size", choices=SIZES, default="125m")
+    ap.add_argument("--size", choices=SIZES, default="small")
     a = ap.parse_args()
     size = SIZES[a.size]
     t0 = time.perf_counter()

@@ -4,7 +4,7 @@
 #
 #   bench/gpu_check.sh [OUT.json]          default: $OUT/gpu_check.json, else ./gpu_check.json
 #
-# Steps: model (the shared ~125M model directory and token shards, bench/bench_model.py);
+# Steps: model (the shared 82M model directory and token shards, bench/bench_model.py);
 # mfu_compiled, mfu_uncompiled, mfu_activation_checkpointing (bench/bench_mfu.py, seq 1024 bf16);
 # bf16_logits (bench/bench_bf16.py: ours vs transformers, SDPA kernel); fsdp2_resume
 # (bench/bench_fsdp.py: orizuru pretrain train.fsdp=true on a tiny config, SIGKILL, resume); eval_vs_lm_eval
@@ -61,7 +61,7 @@ if [ "$TINY" = 1 ]; then
   SIZE=tiny MFU=(--batch 2 --seq 64 --steps 2 --warmup 1) BF16=(--batch 2 --seq 64) FSDP=(--steps 6) EVAL=(--n 5 --threads 1)
   SERVE=(--concurrency 1,4)
 else
-  SIZE=125m MFU=(--batch 16 --seq 1024 --steps 30 --warmup 5) BF16=(--batch 4 --seq 1024) FSDP=(--steps 40) EVAL=(--n 200 --threads 8)
+  SIZE=small MFU=(--batch 16 --seq 1024 --steps 30 --warmup 5) BF16=(--batch 4 --seq 1024) FSDP=(--steps 40) EVAL=(--n 200 --threads 8)
   SERVE=(--concurrency 1,16,64)
 fi
 CUDA=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2> /dev/null || echo 0)
