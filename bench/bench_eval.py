@@ -1,4 +1,4 @@
-"""Likelihood multiple-choice throughput: orizuru vs lm-evaluation-harness (HF backend), CPU.
+"""Likelihood multiple-choice throughput: orizuru vs lm-evaluation-harness (HF backend), CPU or CUDA.
 
 Both score the same (context, choice) pairs of JCommonsenseQA (0-shot, template "qa") on the same
 HF model directory; lm-eval runs in its own venv (it pins its own dependencies):
@@ -32,7 +32,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 torch.set_num_threads(int(sys.argv[4]))
 pairs = json.load(open(sys.argv[2]))
-lm = HFLM(pretrained=sys.argv[1], device="cpu", dtype="float32", batch_size=int(sys.argv[3]), add_bos_token=True)
+lm = HFLM(pretrained=sys.argv[1], device=sys.argv[5], dtype=sys.argv[6], batch_size=int(sys.argv[3]), add_bos_token=True)
 reqs = [Instance(request_type="loglikelihood", doc={}, arguments=(c, x), idx=i) for i, (c, x) in enumerate(pairs)]
 lm.loglikelihood(reqs[:10], disable_tqdm=True)  # warm-up, as for orizuru
 t, c = time.perf_counter(), time.process_time()
@@ -64,6 +64,8 @@ def main() -> None:
     p.add_argument("--lm-eval-python", default="/tmp/venv-lmeval/bin/python")
     p.add_argument("--lm-eval-batch", type=int, default=1, help="lm-eval batch size (its default is 1)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda, for both engines")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights of both engines")
     a = p.parse_args()
 
     import torch
@@ -81,15 +83,17 @@ def main() -> None:
     examples = examples[: a.n]
     pairs = [(render(task, task.templates[0], ex, []), c) for ex in examples for c in ex.choices]
 
-    tok, model = Tokenizer.load(model_dir), load_model(model_dir).eval()
+    tok, model = Tokenizer.load(model_dir), load_model(model_dir, device=a.device, dtype=getattr(torch, a.dtype)).eval()
     L.score(model, [L.encode_pair(tok, c, x) for c, x in pairs[:10]], pad_id=tok.pad_id)  # warm-up
     t, cpu = time.perf_counter(), time.process_time()
     ours = L.score(model, [L.encode_pair(tok, c, x) for c, x in pairs], pad_id=tok.pad_id)
+    if a.device.startswith("cuda"):
+        torch.cuda.synchronize()
     ours_s, ours_cpu = time.perf_counter() - t, time.process_time() - cpu
 
     (tmp / "pairs.json").write_text(json.dumps(pairs, ensure_ascii=False))
     proc = subprocess.run([a.lm_eval_python, "-c", LM_EVAL_SCRIPT, str(model_dir), str(tmp / "pairs.json"),
-                           str(a.lm_eval_batch), str(a.threads)], capture_output=True, text=True)
+                           str(a.lm_eval_batch), str(a.threads), a.device, a.dtype], capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"lm-eval failed:\n{proc.stderr[-3000:]}")
     theirs = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -102,7 +106,7 @@ def main() -> None:
         # CPU seconds (all threads) are steadier than wall time on a shared machine
         "cpu_seconds": {"orizuru": round(ours_cpu, 2), "lm_eval": round(theirs["cpu_seconds"], 2)},
         "cpu_ratio": round(theirs["cpu_seconds"] / ours_cpu, 2),
-        "max_abs_logprob_diff": diff, "threads": a.threads,
+        "max_abs_logprob_diff": diff, "threads": a.threads, "device": a.device, "dtype": a.dtype,
     }, indent=2))
 
 

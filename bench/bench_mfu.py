@@ -2,7 +2,7 @@
 
 On a machine without CUDA it prints {"skipped": "no CUDA"} and exits 0, so it can run anywhere.
 
-    python bench/bench_mfu.py [--batch 16 --steps 30 --no-compile]
+    python bench/bench_mfu.py [--batch 16 --steps 30 --no-compile --activation-checkpointing]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--activation-checkpointing", action="store_true", help="recompute each block in the backward pass")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print(json.dumps({"bench": "mfu", "skipped": "no CUDA"}))
@@ -40,6 +41,7 @@ def main() -> None:
     model = Llama(cfg).to(device)
     model.init_weights(seed=0)
     model.train()
+    model.activation_checkpointing = args.activation_checkpointing
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
     step_model = model if args.no_compile else torch.compile(model)
     x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), device=device)
@@ -67,7 +69,8 @@ def main() -> None:
     peak = peak_flops(name)
     print(json.dumps({
         "bench": "mfu", "device": name, "params": count_params(cfg).total, "batch": args.batch, "seq_len": args.seq,
-        "dtype": "bfloat16 autocast", "compiled": not args.no_compile, "step_s": round(dt, 4),
+        "dtype": "bfloat16 autocast", "compiled": not args.no_compile,
+        "activation_checkpointing": args.activation_checkpointing, "step_s": round(dt, 4),
         "tokens_per_s": round(tps), "flops_per_token": fpt, "peak_flops": peak,
         "mfu": None if peak is None else round(mfu(fpt, tps, peak), 4), "loss": round(loss.item(), 3),
         "max_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2), "target_mfu": 0.5,

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenize": ("orizuru.train.tokenize", "turn text/JSONL files into packed token shards"),
     "pretrain": ("orizuru.train.pretrain", "pre-train (or continue pre-training) a LLaMA model"),
     "generate": ("orizuru.model.generate", "sample text from a model directory"),
+    "export": ("orizuru.export.cli", "export a model directory: 'orizuru export gguf' for llama.cpp"),
     "corpus": ("orizuru.corpus.cli", "build a clean, deduplicated corpus from WARC/HTML/JSONL/text"),
     "tokenizer": ("orizuru.tokenizer.cli", "train, expand and report on tokenizers"),
     "model": ("orizuru.model.cli", "model surgery: 'orizuru model resize' for an expanded vocabulary"),

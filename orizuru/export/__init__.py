@@ -1,0 +1,1 @@
+"""`orizuru export`: model directories into other runtimes' formats (GGUF for llama.cpp)."""
