@@ -8,6 +8,7 @@ LOCAL_RANK (`cuda` without an index), across one machine or several (`--nnodes`)
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -84,3 +85,18 @@ def all_sum(values: list[float], device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def process_group():
+    """A command's whole run: the process group (under torchrun) is torn down however it ends."""
+    try:
+        yield init_distributed()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -153,7 +153,7 @@ def _reduce_log(sums: dict[str, list[torch.Tensor]], device) -> dict[str, tuple[
     return {k: (s, c) for k, (s, c) in zip(keys, flat)}
 
 
-def train(stage: Stage, model: nn.Module, tcfg: TrainConfig, run_dir: str | Path, device, amp) -> Trained:
+def run_stage(stage: Stage, model: nn.Module, tcfg: TrainConfig, run_dir: str | Path, device, amp) -> Trained:
     """Train `model` from the latest checkpoint in `run_dir` (if any) to `tcfg.max_steps`."""
     rank, world = world_info()
     run_dir = Path(run_dir)

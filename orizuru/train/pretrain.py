@@ -27,7 +27,7 @@ from orizuru.runtime import all_sum, init_distributed, setup_device
 from orizuru.tokenizer.tokenizer import Tokenizer
 from orizuru.train.batches import Source, TokenBatches, val_batches
 from orizuru.train.config import PretrainConfig, TrainConfig
-from orizuru.train.loop import Stage, gathered, train
+from orizuru.train.loop import Stage, gathered, run_stage
 from orizuru.train.tokenize import file_sha256, read_meta, token_bytes
 
 
@@ -129,7 +129,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         return {"loss": loss, "bpb": bpb}
 
     stage = Stage("pretrain", batch, pretrain_loss, validate, on_log, extra=lambda step: {"epochs": batches.epochs(step)})
-    trained = train(stage, model, tcfg, run_dir, device, amp)
+    trained = run_stage(stage, model, tcfg, run_dir, device, amp)
     summary = {
         "step": tcfg.max_steps,
         "tokens": tcfg.max_steps * tokens_per_step,
