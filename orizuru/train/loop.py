@@ -146,6 +146,39 @@ class Trained:
     last: dict  # the last logged row
 
 
+def _f64(value, device) -> torch.Tensor:
+    return torch.as_tensor(value, device=device, dtype=torch.float64).detach()
+
+
+def accumulate(stage: Stage, train_model: nn.Module, model: nn.Module, step: int, grad_accum: int, params: list, device, amp,
+               sums: dict[str, list[torch.Tensor]]) -> torch.Tensor:
+    """One step's gradients: backward of every micro-batch's loss sum (the all-reduce on the last
+    only), then scaled by world / all-reduced target count. Adds the stage's metric sums to `sums`;
+    returns the device tensor [loss sum, target count] over all ranks."""
+    world = world_info()[1]
+    step_sum, step_n = _f64(0.0, device), _f64(0.0, device)
+    for micro in range(grad_accum):
+        batch = stage.batch(step, micro)
+        with grad_sync(train_model, model, micro == grad_accum - 1):
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                loss_sum, n, metrics = stage.loss(train_model, batch)
+            loss_sum.float().backward()
+        n = _f64(n, device)
+        step_sum += loss_sum.detach().double()
+        step_n += n
+        for k, v in metrics.items():
+            s, c = v if isinstance(v, tuple) else (v, n if k != "tokens" else 1.0)
+            acc = sums.setdefault(k, [_f64(0.0, device), _f64(0.0, device)])
+            acc[0] += _f64(s, device)
+            acc[1] += _f64(c, device)
+    total = all_reduce_(torch.stack([step_sum, step_n]))
+    scale = (world / total[1].clamp(min=1)).float()
+    for p in params:
+        if p.grad is not None:  # FSDP2's sharded gradients take a Python number
+            p.grad.mul_(scale.item() if isinstance(p.grad, DTensor) else scale.to(p.grad.dtype))
+    return total
+
+
 def _reduce_log(sums: dict[str, list[torch.Tensor]], device) -> dict[str, tuple[float, float]]:
     keys = sorted(sums)
     flat = torch.stack([torch.stack(sums[k]) for k in keys]).to(torch.float64) if keys else torch.zeros(0, 2, device=device)
@@ -163,38 +196,18 @@ def run_stage(stage: Stage, model: nn.Module, tcfg: TrainConfig, run_dir: str | 
     resumed = load_checkpoint(run_dir, model, optimizer)
     start = resumed[0] if resumed else 0
     log = MetricsLog(run_dir, resume_step=start)
-    ckpt = Checkpointer(run_dir, asynchronous=getattr(tcfg, "ckpt_async", False))
+    ckpt = Checkpointer(run_dir, asynchronous=tcfg.ckpt_async)
     if start and rank == 0:
         print(f"orizuru {stage.name}: resumed at step {start}", file=sys.stderr)
     bar = tqdm(total=tcfg.max_steps, initial=start, desc=stage.name, unit="step", disable=rank != 0, file=sys.stderr, dynamic_ncols=True)
     train_model.train()
-    zero = lambda: torch.zeros((), device=device, dtype=torch.float64)  # noqa: E731
     sums: dict[str, list[torch.Tensor]] = {}
-    loss_acc, t_last, steps_since, last = zero(), time.perf_counter(), 0, {}
+    loss_acc, t_last, steps_since, last = _f64(0.0, device), time.perf_counter(), 0, {}
     for step in range(start, tcfg.max_steps):
         lr = lr_at(step, tcfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        step_sum, step_n = zero(), zero()
-        for micro in range(tcfg.grad_accum):
-            batch = stage.batch(step, micro)
-            with grad_sync(train_model, model, micro == tcfg.grad_accum - 1):
-                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    loss_sum, n, metrics = stage.loss(train_model, batch)
-                loss_sum.float().backward()
-            n = torch.as_tensor(n, device=device, dtype=torch.float64)
-            step_sum += loss_sum.detach().double()
-            step_n += n
-            for k, v in metrics.items():
-                s, c = v if isinstance(v, tuple) else (v, n if k != "tokens" else 1.0)
-                acc = sums.setdefault(k, [zero(), zero()])
-                acc[0] += torch.as_tensor(s, device=device, dtype=torch.float64).detach()
-                acc[1] += torch.as_tensor(c, device=device, dtype=torch.float64)
-        total = all_reduce_(torch.stack([step_sum, step_n]))
-        scale = (world / total[1].clamp(min=1)).float()
-        for p in params:
-            if p.grad is not None:
-                p.grad.mul_(scale.to(p.grad.dtype) if not isinstance(p.grad, DTensor) else scale.item())
+        total = accumulate(stage, train_model, model, step, tcfg.grad_accum, params, device, amp, sums)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -218,7 +231,7 @@ def run_stage(stage: Stage, model: nn.Module, tcfg: TrainConfig, run_dir: str | 
                 row.update({f"val_{k}": round(v, 6) for k, v in evaluate(stage, train_model, device, amp).items()})
             log.log(done, **row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", **({"val": f"{row['val_loss']:.3f}"} if "val_loss" in row else {}))
-            last, sums, loss_acc, t_last, steps_since = row, {}, zero(), time.perf_counter(), 0
+            last, sums, loss_acc, t_last, steps_since = row, {}, _f64(0.0, device), time.perf_counter(), 0
         if done % tcfg.ckpt_every == 0 or done == tcfg.max_steps:
             ckpt.save(done, model, optimizer, stage.extra(done))
     ckpt.wait()
