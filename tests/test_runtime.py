@@ -1,6 +1,7 @@
 """The one step loop under real `torchrun` (gloo, 2 processes): data parallelism that changes no
 number, token-count weighting, DCP checkpoints that survive SIGKILL and change world size."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -135,12 +136,16 @@ def uninterrupted(tmp_path_factory, tiny_shards_dir) -> Path:
 
 
 def kill_after_first_checkpoint(command: list[str], run_dir: Path) -> None:
-    p = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    p = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = run_dir / "checkpoints" / "latest.txt"
     deadline = time.time() + 180
     while time.time() < deadline and not (latest.exists() and latest.read_text().strip() >= "step_00000005") and p.poll() is None:
         time.sleep(0.002)
-    os.killpg(p.pid, signal.SIGKILL)  # the launcher and its workers
+    # torchrun starts each worker in a session of its own: kill the workers, then the launcher
+    workers = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split() if p.poll() is None else []
+    for pid in [*map(int, workers), p.pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     p.wait()
     assert latest.exists() and not (run_dir / "summary.json").exists(), "the run ended before it could be killed"
 
