@@ -123,8 +123,8 @@ def test_two_processes_match_one_with_double_batch(tmp_path, stage):
 # ---------------------------------------------------------------- DCP: SIGKILL, then resume with another world size
 
 
-def pretrain_args(shards: Path, run_dir: Path, batch: int) -> list[str]:
-    o = tiny_overrides(shards, run_dir, **{"train.batch_size": batch, "train.max_steps": 40, "train.ckpt_every": 5, "train.eval_every": 20})
+def pretrain_args(shards: Path, run_dir: Path, batch: int, **extra) -> list[str]:
+    o = tiny_overrides(shards, run_dir, **{"train.batch_size": batch, "train.max_steps": 40, "train.ckpt_every": 5, "train.eval_every": 20, **extra})
     return ["pretrain", *[a for kv in o for a in ("--set", kv)]]
 
 
@@ -154,7 +154,9 @@ def kill_after_first_checkpoint(command: list[str], run_dir: Path) -> None:
 @pytest.mark.parametrize("before,after", [(2, 1), (1, 2)], ids=["2to1", "1to2"])
 def test_sigkilled_run_resumes_with_another_world_size(tmp_path, tiny_shards_dir, uninterrupted, before, after):
     killed = tmp_path / "killed"
-    kill_after_first_checkpoint(launch(pretrain_args(tiny_shards_dir, killed, 8 // before), before), killed)
+    # the 2-process run writes its checkpoints asynchronously (train.ckpt_async)
+    killed_args = pretrain_args(tiny_shards_dir, killed, 8 // before, **{"train.ckpt_async": str(before == 2).lower()})
+    kill_after_first_checkpoint(launch(killed_args, before), killed)
     proc = run(pretrain_args(tiny_shards_dir, killed, 8 // after), nproc=after)
     assert "resumed at step" in proc.stderr
     assert_same_run(uninterrupted, killed)

@@ -49,6 +49,8 @@ class Checkpointer:
         self.keep = keep
         self.asynchronous = asynchronous
         self._pending: tuple | None = None  # (future, tmp dir, step, extra) of an async save
+        # the background writer's collectives get a gloo group of their own, apart from training's
+        self._group = dist.new_group(backend="gloo") if asynchronous and dist.is_initialized() else None
 
     def save(self, step: int, model: torch.nn.Module, optimizer, extra: dict) -> None:
         self.wait()
@@ -59,7 +61,7 @@ class Checkpointer:
         _barrier()
         state = _state(model, optimizer)
         if self.asynchronous:
-            self._pending = (dcp.async_save(state, checkpoint_id=str(tmp)), tmp, step, extra)
+            self._pending = (dcp.async_save(state, checkpoint_id=str(tmp), process_group=self._group), tmp, step, extra)
         else:
             dcp.save(state, checkpoint_id=str(tmp))
             self._commit(tmp, step, extra)
