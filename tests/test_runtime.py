@@ -201,3 +201,59 @@ def test_max_steps_caps_the_epochs(tmp_path, single_thread):  # noqa: F811
     cfg = load_config(SFTConfig, overrides=[a for a in o if a != "--set"])
     assert sft(cfg)["step"] == 3
     assert [r["step"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
+
+
+# ---------------------------------------------------------------- eval under torchrun
+
+
+@pytest.mark.slow
+def test_eval_under_two_processes_writes_the_same_results(tmp_path):
+    """Each rank scores a slice (a likelihood and a greedy generative task, limit 40 > one chunk of
+    32 per rank); rank 0 writes the records in one process's order, so the scores are the same."""
+    import json
+
+    from eval_helpers import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "model", max_seq_len=512)
+    out = {}
+    for n in (1, 2):
+        out[n] = tmp_path / f"out{n}"
+        run(["eval", "--model", str(model), "--tasks", "jcommonsenseqa,niilc", "--limit", "40", "--max-new-tokens", "8",
+             "--output", str(out[n]), "--device", "cpu"], nproc=n)
+    saved = [json.loads((out[n] / "results.json").read_text()) for n in (1, 2)]
+    assert [r["processes"] for r in saved] == [1, 2]
+    one, two = (r["tasks"] for r in saved)
+    assert one.keys() == two.keys() == {"jcommonsenseqa", "niilc"}
+    for task in one:
+        assert two[task]["n"] == one[task]["n"] == 40
+        assert two[task]["metrics"] == pytest.approx(one[task]["metrics"], abs=1e-12), task
+    for task in one:  # the same records in the same order
+        a, b = read_jsonl(out[1] / f"{task}.jsonl"), read_jsonl(out[2] / f"{task}.jsonl")
+        assert [r["id"] for r in a] == [r["id"] for r in b]
+        assert [r["prediction"] for r in a] == [r["prediction"] for r in b]
+
+
+# ---------------------------------------------------------------- --device / --dtype
+
+
+def test_device_and_dtype_flags(tmp_path):
+    from orizuru.errors import UserError
+    from orizuru.runtime import inference_device, resolve_device, setup_device
+
+    cuda = torch.cuda.is_available()
+    assert inference_device("auto", "auto") == ((torch.device("cuda", 0), torch.bfloat16) if cuda else (torch.device("cpu"), torch.float32))
+    assert inference_device("cpu", "bfloat16") == (torch.device("cpu"), torch.bfloat16)
+    assert setup_device("bfloat16", "cpu") == (torch.device("cpu"), torch.bfloat16)
+    with pytest.raises(UserError, match="--device: expected auto|cpu|cuda|cuda:N, got 'gpu'"):
+        resolve_device("gpu")
+    if not cuda:
+        with pytest.raises(UserError, match="no CUDA device"):
+            resolve_device("cuda:0")
+    model = tiny_model_dir(tmp_path / "m")
+    outs = {}
+    for dtype in ("float32", "bfloat16"):
+        proc = run(["generate", "--model", str(model), "--prompt", "日本の首都は", "--max-new-tokens", "12", "--device", "cpu", "--dtype", dtype])
+        outs[dtype] = proc.stdout
+    assert outs["float32"].strip() and outs["bfloat16"].strip()
+    proc = subprocess.run(launch(["generate", "--model", str(model), "--prompt", "x", "--device", "tpu"]), env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 2 and "--device: expected" in proc.stderr

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from orizuru.config import ConfigError, parse_command, save_config
 from orizuru.errors import UserError
@@ -23,7 +22,7 @@ from orizuru.files import read_jsonl, write_json
 from orizuru.model.checkpoint import load_model, save_model
 from orizuru.model.flops import count_params, flops_per_token, mfu, peak_flops
 from orizuru.model.llama import Llama
-from orizuru.runtime import all_sum, init_distributed, setup_device
+from orizuru.runtime import all_sum, barrier, init_distributed, process_group, setup_device
 from orizuru.tokenizer.tokenizer import Tokenizer
 from orizuru.train.batches import Source, TokenBatches, val_batches
 from orizuru.train.config import PretrainConfig, TrainConfig
@@ -144,19 +143,15 @@ def pretrain(cfg: PretrainConfig) -> dict:
             summary[key] = next((r[src] for r in reversed(rows) if src in r), None)
         save_model(final, run_dir / "model", tokenizer)
         write_json(run_dir / "summary.json", summary)
-    if dist.is_initialized():
-        dist.barrier()
+    barrier()
     return summary
 
 
 def main(argv: list[str]) -> int:
     cfg = parse_command(PretrainConfig, argv, "orizuru pretrain", __doc__.split("\n\n")[0],
                         aliases={"init-from": "train.init_from"})
-    try:
+    with process_group() as (rank, _):
         summary = pretrain(cfg)
-        if not dist.is_initialized() or dist.get_rank() == 0:
+        if rank == 0:
             print(json.dumps(summary))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
     return 0
