@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -95,6 +96,18 @@ def grad_sync(train_model: nn.Module, model: nn.Module, sync: bool):
             yield
     else:
         yield
+
+
+def peak_memory_mb(device) -> float:
+    """The largest peak over ranks: CUDA memory allocated on a GPU, resident set size on the CPU."""
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    t = torch.tensor([peak], dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return round(t.item(), 1)
 
 
 def all_reduce_(t: torch.Tensor) -> torch.Tensor:
@@ -224,7 +237,7 @@ def run_stage(stage: Stage, model: nn.Module, tcfg: TrainConfig, run_dir: str | 
             row.update({k: round(s / max(c, 1e-12), 6) for k, (s, c) in reduced.items() if k != "tokens"})
             if "tokens" in reduced:
                 row["tokens_per_s"] = round(reduced["tokens"][0] / elapsed, 1)
-            row.update(lr=lr, grad_norm=round(float(grad_norm), 6))
+            row.update(lr=lr, grad_norm=round(float(grad_norm), 6), steps_per_s=round(steps_since / elapsed, 4), peak_mem_mb=peak_memory_mb(device))
             if stage.on_log is not None:
                 stage.on_log(done, row)
             if stage.evaluate is not None and (done % tcfg.eval_every == 0 or done == tcfg.max_steps):
