@@ -257,3 +257,21 @@ def test_device_and_dtype_flags(tmp_path):
     assert outs["float32"].strip() and outs["bfloat16"].strip()
     proc = subprocess.run(launch(["generate", "--model", str(model), "--prompt", "x", "--device", "tpu"]), env=ENV, capture_output=True, text=True)
     assert proc.returncode == 2 and "--device: expected" in proc.stderr
+
+
+@pytest.mark.slow
+def test_ppo_under_two_processes(tmp_path):
+    """PPO's own rollout loop on the shared pieces: each rank rolls out its prompts, DDP averages the
+    updates, one DCP checkpoint; the first minibatch's ratio is still exactly 1."""
+    from post_fixtures import write_jsonl
+
+    base = tiny_model_dir(tmp_path / "base", vocab_size=300)
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"{a}たす{7 - a}は？", "answer": 7} for a in range(8)])
+    o = {"model": f'"{base}"', "run.dir": f'"{tmp_path / "run"}"', "data.prompts": f'["{prompts}"]', "ppo.rule": '"contains_answer"',
+         "ppo.rollout_batch": "4", "ppo.max_new_tokens": "4", "ppo.ppo_epochs": "2", "train.batch_size": "2", "train.max_steps": "2",
+         "train.ckpt_every": "2"}
+    run(["ppo", *sets(o)], nproc=2)
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and all(r["first_ratio_dev"] == 0.0 for r in rows)
+    assert (tmp_path / "run" / "checkpoints" / "step_00000002" / "state.json").is_file()
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()

@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from orizuru.files import append_jsonl, atomic_write, read_jsonl
-from orizuru.model.llama import Block, Llama
+from orizuru.model.llama import Block, Llama, rope_inv_freq
 from orizuru.runtime import world_info
 from orizuru.train.config import TrainConfig
 from orizuru.train.optim import configure_optimizer, lr_at
@@ -134,7 +134,10 @@ def gathered(model: nn.Module, build: Callable[[], nn.Module]) -> nn.Module | No
         return None
     with torch.device("meta"):
         fresh = build()
-    fresh.load_state_dict(full, assign=True, strict=False)
+    fresh.load_state_dict(full, assign=True)
+    for m in fresh.modules():  # the one non-persistent buffer, not in any state dict
+        if isinstance(m, Llama):
+            m.inv_freq = rope_inv_freq(m.cfg)
     return fresh
 
 
