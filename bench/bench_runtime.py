@@ -4,7 +4,10 @@
 Figures per run: steps/s and tokens/s of the timed steps (the second half; the first half warms
 up), scaling efficiency = (2-process tokens/s) / (1-process tokens/s) (1.0 is perfect on 2 workers
 only when the single process also used one core: each process runs with --threads threads), and
-peak memory per rank (the largest resident set over ranks, from the loop's `peak_mem_mb`).
+peak memory per rank (the largest over ranks, from the loop's `peak_mem_mb`: CUDA memory allocated
+on a GPU, the resident set's high-water mark on the CPU, which includes loading the whole model
+before sharding and allocator caching) and training state per rank (`state_mb`: parameters,
+gradients and AdamW moments held by the rank, what FSDP2 shards).
 
     python bench/bench_runtime.py [--dim 256 --layers 4 --batch 8 --steps 8 --threads 1]
 
@@ -65,7 +68,7 @@ def run(stage: str, work: Path, base: Path, pairs: Path, nproc: int, fsdp: bool,
     timed = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])  # the second half of the steps
     return {"processes": nproc, "parallel": "fsdp2" if fsdp else ("ddp" if nproc > 1 else "none"), "batch_per_process": batch,
             "tokens_per_s": timed["tokens_per_s"], "steps_per_s": timed["steps_per_s"], "peak_mem_mb_per_rank": timed["peak_mem_mb"],
-            "loss": timed["loss"], "wall_s": round(time.perf_counter() - t0, 2)}
+            "state_mb_per_rank": timed["state_mb"], "loss": timed["loss"], "wall_s": round(time.perf_counter() - t0, 2)}
 
 
 def main() -> None:
@@ -88,6 +91,7 @@ def main() -> None:
             "scaling_efficiency_ddp": round(ddp["tokens_per_s"] / one["tokens_per_s"] / 2, 3),
             "scaling_efficiency_fsdp2": round(fsdp["tokens_per_s"] / one["tokens_per_s"] / 2, 3),
             "peak_mem_fsdp2_over_ddp": round(fsdp["peak_mem_mb_per_rank"] / ddp["peak_mem_mb_per_rank"], 3),
+            "state_fsdp2_over_ddp": round(fsdp["state_mb_per_rank"] / ddp["state_mb_per_rank"], 3),
         }
     print(json.dumps(result, indent=2))
 

@@ -110,6 +110,19 @@ def peak_memory_mb(device) -> float:
     return round(t.item(), 1)
 
 
+def state_memory_mb(model: nn.Module, optimizer) -> float:
+    """This rank's training state (parameters, their gradients, optimizer state), largest over ranks:
+    what FSDP2 divides by the number of processes and DDP replicates."""
+    local = lambda t: t.to_local() if isinstance(t, DTensor) else t  # noqa: E731
+    params = {id(p): p for p in model.parameters()}.values()
+    n = sum(local(p).numel() * p.element_size() * (2 if p.requires_grad else 1) for p in params)
+    n += sum(local(v).numel() * v.element_size() for st in optimizer.state.values() for v in st.values() if torch.is_tensor(v) and v.ndim)
+    t = torch.tensor([n / 2**20], dtype=torch.float64, device=next(iter(params)).device)
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return round(t.item(), 1)
+
+
 def all_reduce_(t: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(t)
@@ -240,7 +253,8 @@ def run_stage(stage: Stage, model: nn.Module, tcfg: TrainConfig, run_dir: str | 
             row.update({k: round(s / max(c, 1e-12), 6) for k, (s, c) in reduced.items() if k != "tokens"})
             if "tokens" in reduced:
                 row["tokens_per_s"] = round(reduced["tokens"][0] / elapsed, 1)
-            row.update(lr=lr, grad_norm=round(float(grad_norm), 6), steps_per_s=round(steps_since / elapsed, 4), peak_mem_mb=peak_memory_mb(device))
+            row.update(lr=lr, grad_norm=round(float(grad_norm), 6), steps_per_s=round(steps_since / elapsed, 4),
+                       peak_mem_mb=peak_memory_mb(device), state_mb=state_memory_mb(model, optimizer))
             if stage.on_log is not None:
                 stage.on_log(done, row)
             if stage.evaluate is not None and (done % tcfg.eval_every == 0 or done == tcfg.max_steps):
