@@ -32,6 +32,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.experimental import implicit_replication
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
@@ -202,9 +203,10 @@ def accumulate(stage: Stage, train_model: nn.Module, model: nn.Module, step: int
             acc[1] += _f64(c, device)
     total = all_reduce_(torch.stack([step_sum, step_n]))
     scale = (world / total[1].clamp(min=1)).float()
-    for p in params:
-        if p.grad is not None:  # FSDP2's sharded gradients take a Python number
-            p.grad.mul_(scale.item() if isinstance(p.grad, DTensor) else scale.to(p.grad.dtype))
+    with implicit_replication():  # the scale is the same on every rank: FSDP2's sharded gradients take it as is
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(scale)
     return total
 
 
