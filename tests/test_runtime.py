@@ -275,3 +275,12 @@ def test_ppo_under_two_processes(tmp_path):
     assert [r["step"] for r in rows] == [1, 2] and all(r["first_ratio_dev"] == 0.0 for r in rows)
     assert (tmp_path / "run" / "checkpoints" / "step_00000002" / "state.json").is_file()
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+def test_large_exports_are_sharded_as_transformers_writes_them():
+    from orizuru.train.loop import SHARD_BYTES, export_shard_size
+
+    with torch.device("meta"):
+        big = Llama(ModelConfig(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, vocab_size=32000, max_seq_len=4096))  # 7B: 27 GiB in fp32
+        small = Llama(ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, max_seq_len=64))
+    assert export_shard_size(big) == SHARD_BYTES and export_shard_size(small) is None

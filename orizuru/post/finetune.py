@@ -26,6 +26,7 @@ from orizuru.runtime import inference_device
 from orizuru.tokenizer.chat import ChatTokenizer, prompt_ids, render, stop_id
 from orizuru.tokenizer.tokenizer import Tokenizer
 from orizuru.train.config import TrainConfig
+from orizuru.train.loop import export_shard_size
 
 
 def load_base(directory: str | Path, device) -> tuple[torch.nn.Module, ChatTokenizer]:
@@ -39,7 +40,8 @@ def load_base(directory: str | Path, device) -> tuple[torch.nn.Module, ChatToken
 
 def save_chat_model(model, directory: str | Path, tok: Tokenizer) -> None:
     """HF directory with the chat template and `<|end|>` as a stop token for HF `generate`."""
-    save_model(model, directory, ChatTokenizer(tok.hf), generation={"eos_token_id": [tok.eos_id, stop_id(tok)]})
+    save_model(model, directory, ChatTokenizer(tok.hf), generation={"eos_token_id": [tok.eos_id, stop_id(tok)]},
+               max_shard_size=export_shard_size(model))
 
 
 def sample_answers(model_dir: str | Path, questions: list[str], max_new_tokens: int = 48, device: str = "auto", dtype: str = "auto") -> list[str]:

@@ -155,6 +155,16 @@ def gathered(model: nn.Module, build: Callable[[], nn.Module]) -> nn.Module | No
     return fresh
 
 
+SHARD_BYTES = 5 * 2**30  # transformers' default max_shard_size
+
+
+def export_shard_size(model: nn.Module) -> int | None:
+    """save_model's max_shard_size for the final export: 5 GiB shards once the weights need more
+    than one (as transformers writes them), else one model.safetensors."""
+    total = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
+    return SHARD_BYTES if total > SHARD_BYTES else None
+
+
 # ---------------------------------------------------------------- the loop
 
 

@@ -26,7 +26,7 @@ from orizuru.runtime import all_sum, barrier, init_distributed, process_group, s
 from orizuru.tokenizer.tokenizer import Tokenizer
 from orizuru.train.batches import Source, TokenBatches, val_batches
 from orizuru.train.config import PretrainConfig, TrainConfig
-from orizuru.train.loop import Stage, gathered, run_stage
+from orizuru.train.loop import Stage, export_shard_size, gathered, run_stage
 from orizuru.train.tokenize import file_sha256, read_meta, token_bytes
 
 
@@ -141,7 +141,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         rows = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
         for key, src in (("train_loss", "loss"), ("val_loss", "val_loss"), ("val_bpb", "val_bpb")):
             summary[key] = next((r[src] for r in reversed(rows) if src in r), None)
-        save_model(final, run_dir / "model", tokenizer)
+        save_model(final, run_dir / "model", tokenizer, max_shard_size=export_shard_size(final))
         write_json(run_dir / "summary.json", summary)
     barrier()
     return summary
