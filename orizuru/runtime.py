@@ -71,14 +71,6 @@ def world_info() -> tuple[int, int]:
     return 0, 1
 
 
-def all_mean(value: float, device) -> float:
-    if not dist.is_initialized():
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.item() / dist.get_world_size()
-
-
 def all_sum(values: list[float], device) -> list[float]:
     if not dist.is_initialized():
         return values

@@ -180,9 +180,7 @@ class Stage:
 
 @dataclass
 class Trained:
-    model: nn.Module  # the unwrapped, trained module (FSDP2: still sharded)
-    train_model: nn.Module  # what the loop called (wrapped)
-    start: int  # the step it resumed at
+    model: nn.Module  # the unwrapped, trained module (FSDP2: still sharded; see gathered)
     last: dict  # the last logged row
 
 
@@ -278,7 +276,7 @@ def run_stage(stage: Stage, model: nn.Module, tcfg: TrainConfig, run_dir: str | 
             ckpt.save(done, model, optimizer, stage.extra(done))
     ckpt.wait()
     bar.close()
-    return Trained(model, train_model, start, last)
+    return Trained(model, last)
 
 
 def evaluate(stage: Stage, train_model: nn.Module, device, amp) -> dict:
