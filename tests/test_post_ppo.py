@@ -123,3 +123,29 @@ def test_ppo_checkpoints_tied_embeddings_and_resumes(tmp_path):
     ppo(load_config(PPOConfig, overrides=[f"{k}={v}" for k, v in {**o, "train.max_steps": "3"}.items()]))
     assert [r["step"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
     assert json.loads((tmp_path / "run" / "model" / "config.json").read_text())["tie_word_embeddings"] is True
+
+
+def test_first_minibatch_ratio_is_exactly_one_under_autocast(tmp_path):
+    """Rollout log-probs come from the same precision (bf16 autocast) and the same minibatches as the
+    first update, so before any parameter moves the ratio pi / pi_old is 1 to the last bit."""
+    base = tiny_model_dir(tmp_path / "base", vocab_size=300)
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"{a}たす{7 - a}は？", "answer": 7} for a in range(8)])
+    o = {
+        "model": f'"{base}"', "run.dir": f'"{tmp_path / "run"}"', "data.prompts": f'["{prompts}"]', "ppo.rule": '"contains_answer"',
+        "ppo.rollout_batch": "8", "ppo.max_new_tokens": "6", "ppo.ppo_epochs": "2", "train.batch_size": "4", "train.max_steps": "2",
+        "train.dtype": '"bfloat16"', "train.lr": "1e-2",
+    }
+    ppo(load_config(PPOConfig, overrides=[f"{k}={v}" for k, v in o.items()]))
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r["first_ratio_dev"] for r in rows] == [0.0, 0.0]
+    # what the check guards against: float32 rollout log-probs against bf16 updates are not ratio 1
+    from orizuru.model.checkpoint import load_model
+    from orizuru.post.finetune import token_logps
+
+    model = load_model(base)
+    x = torch.randint(0, 300, (4, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        f32 = token_logps(model(x[:, :-1]), x[:, 1:])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = token_logps(model(x[:, :-1]), x[:, 1:])
+    assert (f32 - bf16).abs().max() > 1e-4

@@ -198,7 +198,7 @@ def test_compiled_training_matches_eager_and_saves_plain_names(tmp_path, tiny_sh
         assert "model.layers.0.self_attn.q_proj.weight" in f.keys() and not any("_orig_mod" in k for k in f.keys())
     # its training state loads into a plain (uncompiled) model: a run can resume with compile off
     from orizuru.model.checkpoint import load_model
-    from orizuru.train.pretrain import load_checkpoint
+    from orizuru.train.state import load_checkpoint
 
     cfg = load_config(PretrainConfig, tmp_path / "compiled" / "config.toml")
     model = Llama(cfg.model)

@@ -3,6 +3,11 @@
 OUT/<task>.jsonl gets one record per (template, choice order, example) as soon as its batch is
 scored, so a killed run keeps its work and a rerun scores only what is missing. results.json and
 summary.md are rewritten from all records at the end of each task.
+
+Under `torchrun` the evaluation is data-parallel: each group of CHUNK x processes pending examples
+is cut into one slice per rank, the records are gathered and rank 0 writes them in the order one
+process would, so results.json holds the same scores as a one-process run (greedy decoding; with
+samples > 1 the draws depend on the batches, as they do for any --batch change).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from orizuru.errors import UserError
@@ -28,6 +34,7 @@ from orizuru.eval.sandbox import humaneval_program, run_program
 from orizuru.eval.tasks import Example, Task, load_examples, load_task, render, task_names
 from orizuru.files import append_jsonl, atomic_write, read_jsonl, write_json
 from orizuru.model.checkpoint import load_model
+from orizuru.runtime import inference_device, init_distributed, world_info
 from orizuru.tokenizer.tokenizer import Tokenizer
 
 FAST_SUBSET = ["jcommonsenseqa", "jnli"]  # likelihood only: seconds on CPU for a ~10M model
@@ -52,6 +59,8 @@ class EvalConfig:
     truncate: Literal["left", "error"] = "left"  # prompts longer than the context: drop the oldest tokens (counted) or fail
     code_timeout: float = 10.0  # seconds per generated program (jhumaneval)
     max_new_tokens: int | None = None  # cap on every task's own generation length
+    device: str = "auto"  # auto|cpu|cuda|cuda:N (auto: CUDA when present; under torchrun each rank its GPU)
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # weights' dtype (auto: bf16 on CUDA, float32 on CPU)
 
     def task_list(self) -> list[str]:
         """The task names, with 'fast' and 'all' expanded and comma-separated names split."""
@@ -62,7 +71,7 @@ class EvalConfig:
 
     def settings(self) -> dict:
         """What a score depends on besides the model (the run's identity in run.json and results.json)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("model", "tasks", "output")}
+        return {k: v for k, v in asdict(self).items() if k not in ("model", "tasks", "output", "device")}
 
 
 def model_identity(model_dir: Path) -> dict:
@@ -237,26 +246,51 @@ def evaluate(cfg: EvalConfig) -> dict:
     model_dir, output = Path(cfg.model), Path(cfg.output)
     loaded = [load_task(name) for name in cfg.task_list()]  # unknown names fail before any work
     identity = model_identity(model_dir)
+    device, dtype = inference_device(cfg.device, cfg.dtype)
+    rank, world = init_distributed()
     output.mkdir(parents=True, exist_ok=True)
     run_file = output / "run.json"
     run = {"model": identity, "settings": {k: v for k, v in cfg.settings().items() if k != "limit"}}
     if run_file.exists() and json.loads(run_file.read_text()) != run:
         raise UserError(f"{output}: holds results for other settings or another model (see {run_file}); use a new --output")
-    write_json(run_file, run)
+    _barrier()
+    if rank == 0:
+        write_json(run_file, run)
 
     tok = Tokenizer.load(model_dir)
-    model = load_model(model_dir).eval()
+    model = load_model(model_dir, device=device, dtype=dtype).eval()
     max_len = model.cfg.max_seq_len
     results_file = output / "results.json"
     previous = json.loads(results_file.read_text())["tasks"] if results_file.exists() else {}
-    results = {"model": identity, "settings": cfg.settings(), "tasks": previous}
+    results = {"model": identity, "settings": cfg.settings(), "processes": world, "tasks": previous}
     torch.manual_seed(cfg.seed)
     for task in loaded:
         results["tasks"][task.name] = _run_task(task, model, tok, cfg, max_len, output)
-        write_json(output / "results.json", results)
-    with atomic_write(output / "summary.md") as f:
-        f.write(summary_markdown(results))
+        if rank == 0:
+            write_json(output / "results.json", results)
+    if rank == 0:
+        with atomic_write(output / "summary.md") as f:
+            f.write(summary_markdown(results))
+    _barrier()
     return results
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _scored_in_parallel(score, chunk: list[Example], bar) -> list[dict]:
+    """Records of `chunk` in order, each rank scoring its contiguous slice (every rank gets all)."""
+    rank, world = world_info()
+    if world == 1:
+        return score(chunk)
+    per = -(-len(chunk) // world)
+    mine = chunk[rank * per : (rank + 1) * per]
+    parts = [None] * world
+    dist.all_gather_object(parts, score(mine) if mine else [])
+    bar.update(len(chunk) - len(mine))  # the other ranks' examples
+    return [rec for part in parts for rec in part]
 
 
 def _run_task(task: Task, model, tok, settings: EvalConfig, max_len: int, output: Path) -> dict:
@@ -268,24 +302,29 @@ def _run_task(task: Task, model, tok, settings: EvalConfig, max_len: int, output
     exemplars = exemplars[:shots]
     path = output / f"{task.name}.jsonl"
     done = {}
+    rank, world = world_info()
     if path.exists():  # resume: keep the complete records, drop a line torn by a kill
         done = {_key(r): r for r in read_jsonl(path)}
-        with atomic_write(path) as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in done.values())
+        _barrier()  # every rank has read it before rank 0 rewrites it
+        if rank == 0:
+            with atomic_write(path) as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in done.values())
     templates = {t.id: t for t in task.templates}
     variants = _variants(task, settings)
     todo = [(t, p, ex) for t, p in variants for ex in examples if (t, p, ex.id) not in done]
     score = _likelihood if task.method == "likelihood" else _generate
     start = time.time()
     with tqdm(total=len(variants) * len(examples), initial=len(variants) * len(examples) - len(todo),
-              desc=task.name, unit="ex") as bar:
+              desc=task.name, unit="ex", disable=rank != 0) as bar:
         for t, p in variants:
             pending = [ex for tt, pp, ex in todo if (tt, pp) == (t, p)]
-            for i in range(0, len(pending), CHUNK):
-                chunk = pending[i : i + CHUNK]
-                for ex, rec in zip(chunk, score(task, templates[t], chunk, exemplars, p, model, tok, settings, max_len, bar)):
+            for i in range(0, len(pending), CHUNK * world):
+                chunk = pending[i : i + CHUNK * world]
+                scored = _scored_in_parallel(lambda part: score(task, templates[t], part, exemplars, p, model, tok, settings, max_len, bar), chunk, bar)
+                for ex, rec in zip(chunk, scored):
                     rec = {"id": ex.id, "template": t, "permutation": p, "shots": shots, **rec}
-                    append_jsonl(path, rec)
+                    if rank == 0:
+                        append_jsonl(path, rec)
                     done[_key(rec)] = rec
     cf = {}
     if task.classification and task.method == "likelihood":

@@ -39,6 +39,7 @@ from orizuru.eval.tasks import DATA_DIR, read_rows
 from orizuru.files import append_jsonl, read_jsonl, write_json
 from orizuru.model.checkpoint import load_model
 from orizuru.model.generate import generate
+from orizuru.runtime import inference_device
 from orizuru.tokenizer.tokenizer import END, Tokenizer
 
 REFERENCE_CATEGORIES = {"math", "reasoning", "coding"}
@@ -95,13 +96,15 @@ def chat_text(model_dir: Path, messages: list[dict], tok: Tokenizer) -> str:
     return "\n\n".join(parts) + "\n\n回答："
 
 
-def generate_answers(model_dir: Path, questions: list[Question], path: Path, max_new_tokens: int) -> dict[str, list[str]]:
+def generate_answers(model_dir: Path, questions: list[Question], path: Path, max_new_tokens: int,
+                     device: str = "auto", dtype: str = "auto") -> dict[str, list[str]]:
     """Answers per question id (all turns), appended to `path` as they are produced."""
     done = {r["id"]: r["turns"] for r in read_jsonl(path)} if path.exists() else {}
     todo = [q for q in questions if q.id not in done]
     if todo:
         tok = Tokenizer.load(model_dir)
-        model = load_model(model_dir).eval()
+        dev, dt = inference_device(device, dtype)
+        model = load_model(model_dir, device=dev, dtype=dt).eval()
         stop_ids = [tok.eos_id] + ([tok.token_id(END)] if tok.hf.token_to_id(END) is not None else [])
         path.parent.mkdir(parents=True, exist_ok=True)
         for q in tqdm(todo, desc=f"answers {model_dir.name}", unit="q"):
@@ -310,12 +313,12 @@ def bradley_terry(names: list[str], outcomes: list[dict], iters: int = 200) -> d
 
 def run(bench: str, models: list[Path], output: Path, base_url: str, judge_model: str, *, api_key: str | None = None,
         limit: int | None = None, max_new_tokens: int = 512, concurrency: int = 4, retries: int = 4, backoff: float = 1.0,
-        data_dir: Path = DATA_DIR) -> dict:
+        data_dir: Path = DATA_DIR, device: str = "auto", dtype: str = "auto") -> dict:
     questions = load_bench(bench, data_dir)[:limit]
     names = [m.name if m.name != "model" else m.parent.name for m in models]
     if len(set(names)) != len(names):
         names = [f"{i}-{n}" for i, n in enumerate(names)]
-    answers = {n: generate_answers(m, questions, output / "answers" / f"{n}.jsonl", max_new_tokens) for n, m in zip(names, models)}
+    answers = {n: generate_answers(m, questions, output / "answers" / f"{n}.jsonl", max_new_tokens, device, dtype) for n, m in zip(names, models)}
     judge = Judge(base_url, judge_model, output / "judgments.jsonl", api_key, retries=retries, backoff=backoff, concurrency=concurrency)
     prompts = judge_prompts(data_dir)
     result = {"bench": bench, "judge": {"base_url": base_url, "model": judge_model}, "questions": len(questions),
@@ -341,12 +344,15 @@ class JudgeConfig:
     max_new_tokens: int = 512  # answer length cap
     concurrency: int = 4  # judge requests at once
     retries: int = 4  # retries per judge request
+    device: str = "auto"  # where the answering models run: auto|cpu|cuda|cuda:N
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # their weights' dtype (auto: bf16 on CUDA, float32 on CPU)
 
 
 def main(argv: list[str]) -> int:
     a = parse_command(JudgeConfig, argv, "orizuru judge", JudgeConfig.__doc__)
     r = run(a.bench, [Path(m) for m in a.model], Path(a.output), a.judge_url, a.judge_model, api_key=os.environ.get(a.api_key_env),
-            limit=a.limit, max_new_tokens=a.max_new_tokens, concurrency=a.concurrency, retries=a.retries)
+            limit=a.limit, max_new_tokens=a.max_new_tokens, concurrency=a.concurrency, retries=a.retries,
+            device=a.device, dtype=a.dtype)
     for name, s in r["single"].items():
         mean = "n/a" if s["mean"] is None else f"{s['mean']:.2f}"
         print(f"{name}: mean rating {mean} over {s['n']} answers ({s['unparsable']} unparsable)")

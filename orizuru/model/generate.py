@@ -12,7 +12,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Literal
 
 import torch
 
@@ -20,6 +20,7 @@ from orizuru.config import ConfigError, parse_command
 from orizuru.errors import UserError
 from orizuru.model.checkpoint import check_tokenizer_matches, generation_ids, load_model
 from orizuru.model.llama import KVCache, Llama
+from orizuru.runtime import inference_device
 from orizuru.tokenizer.tokenizer import Tokenizer
 
 
@@ -243,7 +244,8 @@ class GenerateConfig:
     seed: int | None = None  # seed for sampling (repeatable output)
     stop: list[str] = field(default_factory=list)  # stop strings; not printed
     batch_size: int = 8  # prompts decoded together
-    device: str = "auto"  # auto: cuda when available, else cpu
+    device: str = "auto"  # auto|cpu|cuda|cuda:N (auto: cuda when available, else cpu)
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # weights' dtype (auto: bf16 on CUDA, float32 on CPU)
     jsonl: bool = False  # print {"prompt", "text"} per prompt instead of the text
 
     def validate(self) -> None:
@@ -258,9 +260,8 @@ class GenerateConfig:
 def main(argv: list[str]) -> int:
     cfg = parse_command(GenerateConfig, argv, "orizuru generate", GenerateConfig.__doc__)
     texts = list(cfg.prompt) + (_read_prompts(cfg.prompts_file) if cfg.prompts_file else [])
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    device, dtype = inference_device(cfg.device, cfg.dtype)
     tokenizer = Tokenizer.load(cfg.model)
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     model = load_model(cfg.model, device=device, dtype=dtype)
     check_tokenizer_matches(model.cfg, tokenizer, where=cfg.model)
     eos = generation_ids(cfg.model).get("eos_token_id", tokenizer.eos_id)

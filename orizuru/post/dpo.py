@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save
@@ -31,23 +32,26 @@ from safetensors.torch import save
 from orizuru.config import ConfigError, parse_command, save_config
 from orizuru.errors import UserError
 from orizuru.files import atomic_write, write_json
+from orizuru.model.llama import Llama
 from orizuru.post.data import PrefData, Unpaired, read_preferences
 from orizuru.post.finetune import (
     Batches,
     PostTrain,
     Schedule,
     Seq,
+    all_sums,
     answer_seq,
     fit,
     load_base,
-    run_steps,
+    rank_share,
     save_chat_model,
     schedule,
     sequence_logps,
     split_val,
 )
-from orizuru.runtime import setup_device
+from orizuru.runtime import barrier, init_distributed, process_group, setup_device, world_info
 from orizuru.train.config import RunConfig
+from orizuru.train.loop import Stage, gathered, run_stage
 
 # ---------------------------------------------------------------- the losses
 
@@ -125,16 +129,22 @@ def reference_logps(cfg: DPOConfig, seqs: list[Seq], pad_id: int, device, batch_
                 return f.get_tensor("logps")
     ref, _ = load_base(ref_dir, device)
     ref.eval()
-    logps = torch.zeros(len(seqs))
+    rank, world = world_info()
+    logps = torch.zeros(len(seqs), dtype=torch.float64, device=device)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].ids))  # similar lengths: little padding
     with torch.no_grad():
-        for b in range(0, len(order), batch_size):
+        for b in range(rank * batch_size, len(order), batch_size * world):  # each rank its batches
             idx = order[b : b + batch_size]
-            logps[idx] = sequence_logps(ref, [seqs[i] for i in idx], pad_id, device).float().cpu()
+            logps[idx] = sequence_logps(ref, [seqs[i] for i in idx], pad_id, device).double()
     del ref
     gc.collect()
-    with atomic_write(path, "wb") as f:
-        f.write(save({"logps": logps}, metadata={"key": key}))
+    if dist.is_initialized():
+        dist.all_reduce(logps)
+    logps = logps.float().cpu()
+    if rank == 0:
+        with atomic_write(path, "wb") as f:
+            f.write(save({"logps": logps}, metadata={"key": key}))
+    barrier()
     return logps
 
 
@@ -142,7 +152,8 @@ def reference_logps(cfg: DPOConfig, seqs: list[Seq], pad_id: int, device, batch_
 
 
 def dpo(cfg: DPOConfig) -> dict:
-    device, amp = setup_device(cfg.train.dtype)
+    rank, world = init_distributed()
+    device, amp = setup_device(cfg.train.dtype, cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     d, o = cfg.data, cfg.dpo
     pairs, singles, report = read_preferences(d.train, d.strict)
@@ -185,67 +196,88 @@ def dpo(cfg: DPOConfig) -> dict:
         raise UserError("no preference example fits train.seq_len; raise it or shorten the data")
     counts.update(train=len(train), val=len(val))
     run_dir = Path(cfg.run.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    barrier()
     flat = [s for group in train + val for s in group]
     ref_all = reference_logps(cfg, flat, tok.pad_id, device, max(16, cfg.train.batch_size * 2))
     width = len(train[0])
     ref_train = ref_all[: len(train) * width].view(len(train), width)
     ref_val = ref_all[len(train) * width :].view(len(val), width)
-    batches = Batches([sum(len(s.ids) for s in g) for g in train], cfg.train.batch_size, cfg.train.seed)
+    B = cfg.train.batch_size
+    batches = Batches([sum(len(s.ids) for s in g) for g in train], B * world, cfg.train.seed)
     schedule(cfg.train, cfg.schedule.epochs, cfg.schedule.warmup_ratio, batches.per_epoch)
-    save_config(cfg, run_dir / "config.toml")
-    print(f"orizuru dpo ({o.loss}): {json.dumps(counts)}; {cfg.train.max_steps} steps", file=sys.stderr)
+    if rank == 0:
+        save_config(cfg, run_dir / "config.toml")
+        print(f"orizuru dpo ({o.loss}): {json.dumps(counts)}; {cfg.train.max_steps} steps, {world} process(es)", file=sys.stderr)
 
-    def losses(groups, refs, labels):
+    def losses(model, b):
+        """(loss sum, examples, metric sums) of one batch; a stand-in batch (live False) weighs nothing."""
+        groups, refs, labels, live = b
         seqs = [s for g in groups for s in g]
         logps = sequence_logps(model, seqs, tok.pad_id, device).view(len(groups), width)
         refs = refs.to(device)
+        w = float(live)
+        n = len(groups) * w
         if kto:
             desirable = torch.tensor(labels, device=device)
             loss, rewards, z = kto_loss(logps[:, 0], refs[:, 0], desirable, o.beta, o.kto_desirable_weight, o.kto_undesirable_weight)
-            metrics = {"kl_ref_point": z.item()}
-            if desirable.any():
-                metrics["rewards_desirable"] = rewards[desirable].mean().item()
-            if (~desirable).any():
-                metrics["rewards_undesirable"] = rewards[~desirable].mean().item()
-            return loss, metrics
+            d = desirable.double() * w
+            u = (~desirable).double() * w
+            return loss.sum() * w, n, {
+                "kl_ref_point": z.detach() * n,
+                "rewards_desirable": ((rewards * d).sum(), d.sum()),
+                "rewards_undesirable": ((rewards * u).sum(), u.sum()),
+            }
         loss, rc, rr = preference_loss(o.loss, logps[:, 0], logps[:, 1], refs[:, 0], refs[:, 1], o.beta)
-        return loss, {
-            "reward_accuracy": (rc > rr).float().mean().item(),
-            "rewards_chosen": rc.mean().item(),
-            "rewards_rejected": rr.mean().item(),
-            "margin": (rc - rr).mean().item(),
+        return loss.sum() * w, n, {
+            "reward_accuracy": (rc > rr).float().sum() * w,
+            "rewards_chosen": rc.sum() * w,
+            "rewards_rejected": rr.sum() * w,
+            "margin": (rc - rr).sum() * w,
         }
 
-    def micro(step: int, m: int):
-        idx = batches(step * cfg.train.grad_accum + m)
-        loss, metrics = losses([train[i] for i in idx], ref_train[idx], [train_labels[i] for i in idx])
-        return loss.mean(), {**metrics, "tokens": sum(len(s.ids) for i in idx for s in train[i])}
+    def batch(step: int, m: int):
+        idx, live = rank_share(batches(step * cfg.train.grad_accum + m), rank, world)
+        return [train[i] for i in idx], ref_train[idx], [train_labels[i] for i in idx], live
 
-    def evaluate() -> dict:
+    def loss(model, b):
+        loss_sum, n, metrics = losses(model, b)
+        tokens = sum(len(s.ids) for g in b[0] for s in g) if b[3] else 0
+        return loss_sum, n, {**metrics, "tokens": tokens}
+
+    def evaluate(model) -> dict:
         if not val:
             return {}
-        sums, n = {}, 0
-        for b in range(0, len(val), cfg.train.batch_size):
-            groups = val[b : b + cfg.train.batch_size]
-            loss, metrics = losses(groups, ref_val[b : b + len(groups)], val_labels[b : b + len(groups)])
-            for k, v in {"loss": loss.mean().item(), **metrics}.items():
-                sums[k] = sums.get(k, 0.0) + v * len(groups)
-            n += len(groups)
-        return {k: v / n for k, v in sums.items()}
+        sums = {}
+        for start in range(0, len(val), B * world):
+            idx, live = rank_share(list(range(start, min(start + B * world, len(val)))), rank, world)
+            loss_sum, n, metrics = losses(model, ([val[i] for i in idx], ref_val[idx], [val_labels[i] for i in idx], live))
+            for k, v in {"loss": (loss_sum, n), **metrics}.items():
+                s_, c = v if isinstance(v, tuple) else (v, n)
+                sums[k] = sums.get(k, 0.0) + float(s_)
+                sums[k + "/n"] = sums.get(k + "/n", 0.0) + float(c)
+        total = all_sums(sums, device)
+        return {k: v / total[k + "/n"] for k, v in total.items() if not k.endswith("/n") and total[k + "/n"] > 0}
 
     model.eval()
     with torch.no_grad():
-        before = {f"val_{k}": round(v, 6) for k, v in evaluate().items()}
-    last = run_steps("dpo", model, cfg.train, run_dir, micro, evaluate, device, amp)
-    save_chat_model(model, run_dir / "model", tok)
-    after = {k: v for k, v in last.items() if k.startswith("val_")}
+        before = {f"val_{k}": round(v, 6) for k, v in evaluate(model).items()}
+    trained = run_stage(Stage("dpo", batch, loss, evaluate), model, cfg.train, run_dir, device, amp)
+    final = gathered(trained.model, lambda: Llama(model.cfg))
+    after = {k: v for k, v in trained.last.items() if k.startswith("val_")}
     summary = {"loss": o.loss, "beta": o.beta, "step": cfg.train.max_steps, **counts, "before": before, "after": after}
-    write_json(run_dir / "summary.json", summary)
+    if rank == 0:
+        save_chat_model(final, run_dir / "model", tok)
+        write_json(run_dir / "summary.json", summary)
+    barrier()
     return summary
 
 
 def main(argv: list[str]) -> int:
     cfg = parse_command(DPOConfig, argv, "orizuru dpo", __doc__.split("\n\n")[0], aliases={"strict": "data.strict"})
-    print(json.dumps(dpo(cfg), ensure_ascii=False))
+    with process_group():
+        summary = dpo(cfg)
+        if world_info()[0] == 0:
+            print(json.dumps(summary, ensure_ascii=False))
     return 0

@@ -1,35 +1,32 @@
-"""The step loop shared by the post-training stages (sft, dpo, reward): what `pretrain` does per step.
+"""What the post-training stages share: their training options, data-parallel batches, the padded
+batches and per-token log-probabilities every stage computes from (ids, loss mask) pairs, and
+model/tokenizer loading. sft, dpo and reward train on the one step loop (`orizuru.train.loop`);
+ppo keeps its rollout loop and steps through the loop's optimizer, distributed and checkpoint pieces.
 
-A stage supplies `micro(step, index) -> (loss, metrics)` (a pure function of the step, so a
-resumed run sees the same batches) and `evaluate() -> metrics`; this loop owns the learning rate
-schedule, gradient accumulation and clipping, progress bar, `metrics.jsonl` and the resumable
-training-state checkpoints, all from `orizuru.train`. Also here: the padded batches and per-token
-log-probabilities every stage computes from (ids, loss mask) pairs, and model/tokenizer loading.
+Under `torchrun` each optimizer step takes one global batch of `train.batch_size` x processes
+examples, and rank r trains on its r-th slice: 2 processes x batch B see what 1 x 2B sees.
 """
 
 from __future__ import annotations
 
 import math
 import random
-import sys
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from orizuru.config import ConfigError
 from orizuru.errors import UserError
 from orizuru.model.checkpoint import load_model, save_model
 from orizuru.model.generate import generate
+from orizuru.runtime import inference_device
 from orizuru.tokenizer.chat import ChatTokenizer, prompt_ids, render, stop_id
 from orizuru.tokenizer.tokenizer import Tokenizer
 from orizuru.train.config import TrainConfig
-from orizuru.train.optim import configure_optimizer, lr_at
-from orizuru.train.pretrain import MetricsLog, load_checkpoint, save_checkpoint
+from orizuru.train.loop import export_shard_size
 
 
 def load_base(directory: str | Path, device) -> tuple[torch.nn.Module, ChatTokenizer]:
@@ -43,12 +40,14 @@ def load_base(directory: str | Path, device) -> tuple[torch.nn.Module, ChatToken
 
 def save_chat_model(model, directory: str | Path, tok: Tokenizer) -> None:
     """HF directory with the chat template and `<|end|>` as a stop token for HF `generate`."""
-    save_model(model, directory, ChatTokenizer(tok.hf), generation={"eos_token_id": [tok.eos_id, stop_id(tok)]})
+    save_model(model, directory, ChatTokenizer(tok.hf), generation={"eos_token_id": [tok.eos_id, stop_id(tok)]},
+               max_shard_size=export_shard_size(model))
 
 
-def sample_answers(model_dir: str | Path, questions: list[str], max_new_tokens: int = 48) -> list[str]:
+def sample_answers(model_dir: str | Path, questions: list[str], max_new_tokens: int = 48, device: str = "auto", dtype: str = "auto") -> list[str]:
     """Greedy chat answers of a model directory (for before/after comparisons in reports)."""
-    model, tok = load_model(model_dir).eval(), Tokenizer.load(model_dir)
+    dev, dt = inference_device(device, dtype)
+    model, tok = load_model(model_dir, device=dev, dtype=dt).eval(), Tokenizer.load(model_dir)
     room = model.cfg.max_seq_len - max_new_tokens
     prompts = [tok.encode_prompt(prompt_ids(tok, [{"role": "user", "content": q}]), room)[0] for q in questions]
     outs = generate(model, prompts, max_new_tokens, eos_id=[stop_id(tok), tok.eos_id])
@@ -64,8 +63,45 @@ class PostTrain(TrainConfig):
     min_lr_ratio: float = 0.0
     weight_decay: float = 0.0
     seq_len: int = 1024
+    max_steps: int = 0  # cap on the steps schedule.epochs gives (0: none); with schedule.epochs = 0, the run's length
     eval_every: int = 50
     ckpt_every: int = 50
+
+    def validate(self) -> None:
+        reject_unused(self, ("init_from", "eval_batches"), "the starting model is the stage's `model`; validation uses the whole held-out set")
+        if self.max_steps < 0:
+            raise ConfigError(f"config key 'train.max_steps' must be >= 0, got {self.max_steps}")
+        TrainConfig.validate(replace(self, max_steps=max(1, self.max_steps)))
+
+
+def reject_unused(section, keys: tuple[str, ...], why: str, prefix: str = "train") -> None:
+    """A key this stage does not use must keep its default: a set value would be silently ignored."""
+    defaults = {f.name: f.default for f in fields(section)}
+    for key in keys:
+        if getattr(section, key) != defaults[key]:
+            raise ConfigError(f"config key '{prefix}.{key}' is not used by this stage ({why}); remove it")
+
+
+# ---------------------------------------------------------------- data parallelism
+
+
+def rank_share(indices: list[int], rank: int, world: int) -> tuple[list[int], bool]:
+    """This rank's contiguous slice of a global batch, and whether it has one. A rank left without
+    examples (a short last batch) gets the first example as a stand-in that carries no weight, so
+    every rank runs the same forward and backward passes and the collectives stay in step."""
+    per = math.ceil(len(indices) / world)
+    mine = indices[rank * per : (rank + 1) * per]
+    return (mine, True) if mine else (indices[:1], False)
+
+
+def all_sums(sums: dict[str, float], device) -> dict[str, float]:
+    """Sums of held-out metrics over every rank (the key order is the same on every rank)."""
+    if not dist.is_initialized() or not sums:
+        return sums
+    keys = sorted(sums)
+    t = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(keys, t.tolist()))
 
 
 # ---------------------------------------------------------------- sequences and batches
@@ -165,75 +201,16 @@ def split_val(items: list, fraction: float, seed: int) -> tuple[list, list]:
 
 
 def schedule(tcfg: TrainConfig, epochs: int, warmup_ratio: float, n_batches_per_epoch: int) -> None:
-    """Epochs -> train.max_steps, warm-up ratio -> train.warmup_steps (PLaMo-Instruct style)."""
+    """Epochs -> train.max_steps (capped by a positive train.max_steps), warm-up ratio -> train.warmup_steps."""
     if epochs > 0:
-        tcfg.max_steps = max(1, math.ceil(epochs * n_batches_per_epoch / tcfg.grad_accum))
+        steps = max(1, math.ceil(epochs * n_batches_per_epoch / tcfg.grad_accum))
+        tcfg.max_steps = min(steps, tcfg.max_steps) if tcfg.max_steps else steps
+    elif tcfg.max_steps == 0:
+        raise ConfigError("schedule.epochs = 0 needs the run's length in 'train.max_steps'")
     if warmup_ratio > 0:
         tcfg.warmup_steps = math.ceil(warmup_ratio * tcfg.max_steps)
     if tcfg.warmup_steps >= tcfg.max_steps and tcfg.max_steps > 1:
         raise ConfigError(f"warm-up ({tcfg.warmup_steps} steps) must be shorter than the run ({tcfg.max_steps} steps)")
-
-
-# ---------------------------------------------------------------- the loop
-
-
-def run_steps(
-    name: str,
-    model: torch.nn.Module,
-    tcfg: TrainConfig,
-    run_dir: Path,
-    micro: Callable[[int, int], tuple[torch.Tensor, dict]],
-    evaluate: Callable[[], dict],
-    device,
-    amp,
-) -> dict:
-    """Train from the latest checkpoint in `run_dir` (if any) to `tcfg.max_steps`; the last logged row."""
-    optimizer = configure_optimizer(model, tcfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    resumed = load_checkpoint(run_dir, model, optimizer)
-    start = resumed[0] if resumed else 0
-    log = MetricsLog(run_dir, resume_step=start)
-    if start:
-        print(f"orizuru {name}: resumed at step {start}", file=sys.stderr)
-    bar = tqdm(total=tcfg.max_steps, initial=start, desc=name, unit="step", file=sys.stderr, dynamic_ncols=True)
-    model.train()
-    sums: dict[str, float] = {}
-    last: dict = {}
-    t0, steps_since = time.perf_counter(), 0
-    for step in range(start, tcfg.max_steps):
-        lr = lr_at(step, tcfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        for m in range(tcfg.grad_accum):
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                loss, metrics = micro(step, m)
-            (loss / tcfg.grad_accum).backward()
-            for k, v in {"loss": loss.item(), **metrics}.items():  # tokens add up, the rest average
-                sums[k] = sums.get(k, 0.0) + float(v) / (1 if k == "tokens" else tcfg.grad_accum)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        steps_since += 1
-        done = step + 1
-        bar.update(1)
-        if done % tcfg.log_every == 0 or done == tcfg.max_steps:
-            elapsed = time.perf_counter() - t0
-            row = {k: round(v / steps_since, 6) for k, v in sums.items() if k != "tokens"}
-            if "tokens" in sums:
-                row["tokens_per_s"] = round(sums["tokens"] / elapsed, 1)
-            row.update(lr=lr, grad_norm=round(float(grad_norm), 6))
-            if done % tcfg.eval_every == 0 or done == tcfg.max_steps:
-                model.eval()
-                with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    row.update({f"val_{k}": round(v, 6) for k, v in evaluate().items()})
-                model.train()
-            log.log(done, **row)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", **({"val": f"{row['val_loss']:.3f}"} if "val_loss" in row else {}))
-            last, sums, t0, steps_since = row, {}, time.perf_counter(), 0
-        if done % tcfg.ckpt_every == 0 or done == tcfg.max_steps:
-            save_checkpoint(run_dir, done, model, optimizer, {})
-    bar.close()
-    return last
 
 
 def answer_seq(tok, prompt: list[dict], answer: str) -> Seq:

@@ -7,6 +7,12 @@ advantages with GAE from a value head on the policy's final hidden states; then 
 of the clipped PPO objective with a clipped value loss (Schulman et al. 2017; the details follow
 Huang et al. 2024, "The N+ implementation details of RLHF with PPO"). The reference (SFT) model
 stays in memory, frozen: its log-probs are needed for every new sample.
+
+PPO keeps its own rollout loop but steps through the one loop's pieces (train/loop.py): the
+process group and DDP (each process rolls out its own prompts; gradients are averaged),
+activation checkpointing, `torch.compile`, the optimizer and schedule, DCP checkpoints and
+`metrics.jsonl`. The rollout's log-probs are computed in the same precision (autocast) and the
+same minibatches as the first update epoch, so the first minibatch's ratio is exactly 1.
 """
 
 from __future__ import annotations
@@ -28,13 +34,14 @@ from orizuru.errors import UserError
 from orizuru.files import write_json
 from orizuru.model.generate import generate
 from orizuru.post.data import read_prompts
-from orizuru.post.finetune import Seq, answer_seq, load_base, pad_batch, save_chat_model, token_logps
+from orizuru.post.finetune import Seq, answer_seq, load_base, pad_batch, reject_unused, save_chat_model, token_logps
 from orizuru.post.reward import load_reward_model, scores
-from orizuru.runtime import setup_device
+from orizuru.runtime import all_sum, barrier, init_distributed, process_group, setup_device, world_info
 from orizuru.tokenizer.chat import prompt_ids, stop_id
 from orizuru.train.config import RunConfig, TrainConfig
+from orizuru.train.loop import MetricsLog, wrap
 from orizuru.train.optim import configure_optimizer, lr_at
-from orizuru.train.pretrain import MetricsLog, load_checkpoint, save_checkpoint
+from orizuru.train.state import Checkpointer, load_checkpoint
 
 
 def add_value_head(policy: nn.Module) -> None:
@@ -45,6 +52,17 @@ def add_value_head(policy: nn.Module) -> None:
     """
     policy.value_head = nn.Linear(policy.cfg.dim, 1, bias=False, device=policy.lm_head.weight.device)
     nn.init.zeros_(policy.value_head.weight)
+
+
+class ActorCritic(nn.Module):
+    """The policy with its value head as one forward (ids -> logits, values), the module DDP wraps."""
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return logits_and_values(self.policy, x)
 
 
 def logits_and_values(policy: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,6 +176,12 @@ class PPOTrain(TrainConfig):
     log_every: int = 1
     ckpt_every: int = 20
 
+    def validate(self) -> None:
+        reject_unused(self, ("seq_len", "grad_accum", "eval_every", "eval_batches", "init_from"),
+                      "lengths come from the prompts and ppo.max_new_tokens; each minibatch is one update; there is no held-out pass")
+        reject_unused(self, ("fsdp",), "rollouts decode with the whole policy on every process; DDP is used under torchrun")
+        super().validate()
+
 
 @dataclass
 class PPOConfig:
@@ -173,7 +197,8 @@ class PPOConfig:
 
 
 def ppo(cfg: PPOConfig) -> dict:
-    device, amp = setup_device(cfg.train.dtype)
+    rank, world = init_distributed()
+    device, amp = setup_device(cfg.train.dtype, cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     o, tcfg = cfg.ppo, cfg.train
     prompts, report = read_prompts(cfg.data.prompts, cfg.data.strict, needs=("answer",) if o.rule else ())
@@ -196,37 +221,48 @@ def ppo(cfg: PPOConfig) -> dict:
             return scorer(ms, answers)
 
     run_dir = Path(cfg.run.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.toml")
-    optimizer = configure_optimizer(policy, tcfg)
-    resumed = load_checkpoint(run_dir, policy, optimizer)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.toml")
+    model = ActorCritic(policy)
+    train_model = wrap(model, tcfg, device)
+    optimizer = configure_optimizer(model, tcfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    resumed = load_checkpoint(run_dir, model, optimizer)
     start = resumed[0] if resumed else 0
     log = MetricsLog(run_dir, resume_step=start)
+    ckpt = Checkpointer(run_dir, asynchronous=tcfg.ckpt_async)
+    autocast = lambda: torch.autocast(device.type, dtype=amp, enabled=amp is not None)  # noqa: E731
     max_prompt = policy.cfg.max_seq_len - o.max_new_tokens
-    bar = tqdm(total=tcfg.max_steps, initial=start, desc="ppo", unit="step", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=tcfg.max_steps, initial=start, desc="ppo", unit="step", disable=rank != 0, file=sys.stderr, dynamic_ncols=True)
     last: dict = {}
     for step in range(start, tcfg.max_steps):
         t0 = time.perf_counter()
         lr = lr_at(step, tcfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        rng = random.Random(tcfg.seed * 7919 + step)
+        rng = random.Random((tcfg.seed * 7919 + step) * 1009 + rank)  # each process its own prompts
         batch = [prompts[rng.randrange(len(prompts))] for _ in range(o.rollout_batch)]
         encoded = [tok.encode_prompt(prompt_ids(tok, m), max_prompt) for m, _ in batch]  # over-long: BOS + the end
         p_ids = [ids for ids, _ in encoded]
 
         # rollout: sample, score, and freeze log-probs / values / rewards
-        policy.eval()
-        outs = generate(policy, p_ids, o.max_new_tokens, temperature=o.temperature, eos_id=end, seed=tcfg.seed + step)
+        train_model.eval()
+        with torch.no_grad(), autocast():
+            outs = generate(policy, p_ids, o.max_new_tokens, temperature=o.temperature, eos_id=end, seed=(tcfg.seed + step) * 1009 + rank)
         answers = [tok.decode(a) for a in outs]
         outs = [a + [end] if len(a) < o.max_new_tokens else a for a in outs]  # it stopped at <|end|>: learn that too
         scores_ = torch.tensor(score([m for m, _ in batch], answers, [r for _, r in batch]), dtype=torch.float32, device=device)
         seqs = [Seq(p + a, [0] * len(p) + [1] * len(a)) for p, a in zip(p_ids, outs)]
         x, y = pad_batch(seqs, tok.pad_id, device)
         mask = (y != -100).float()
-        with torch.no_grad():
-            logits, old_values = logits_and_values(policy, x)
-            old_logp = token_logps(logits, y)
+        orders = [torch.randperm(len(seqs), generator=torch.Generator().manual_seed(tcfg.seed + step * 31 + e)).tolist() for e in range(o.ppo_epochs)]
+        minibatches = [[torch.tensor(order[b : b + tcfg.batch_size], device=device) for b in range(0, len(seqs), tcfg.batch_size)] for order in orders]
+        old_logp, old_values = torch.zeros_like(mask), torch.zeros_like(mask)
+        with torch.no_grad(), autocast():
+            for i in minibatches[0]:  # the first epoch's minibatches and precision: its first ratio is exactly 1
+                logits, values = train_model(x[i])
+                old_logp[i], old_values[i] = token_logps(logits, y[i]), values
             ref_logp = token_logps(ref(x), y)
         kl = (old_logp - ref_logp) * mask
         rewards = -o.kl_coef * kl
@@ -236,32 +272,35 @@ def ppo(cfg: PPOConfig) -> dict:
         adv = whiten(adv, mask)
 
         # PPO epochs over minibatches of the rollout
-        policy.train()
+        train_model.train()
         stats = {"pg_loss": 0.0, "vf_loss": 0.0, "clipfrac": 0.0}
-        n_updates = 0
-        for epoch in range(o.ppo_epochs):
-            order = torch.randperm(len(seqs), generator=torch.Generator().manual_seed(tcfg.seed + step * 31 + epoch)).tolist()
-            for b in range(0, len(seqs), tcfg.batch_size):
-                i = torch.tensor(order[b : b + tcfg.batch_size], device=device)
-                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    logits, values = logits_and_values(policy, x[i])
+        n_updates, first_ratio = 0, None
+        for epoch_batches in minibatches:
+            for i in epoch_batches:
+                with autocast():
+                    logits, values = train_model(x[i])
                 logp = token_logps(logits, y[i])
+                if first_ratio is None:
+                    first_ratio = ((logp - old_logp[i]).exp() - 1).abs().mul(mask[i]).max().item()
                 pg, vf, clipfrac = ppo_losses(logp, old_logp[i], values, old_values[i], adv[i], returns[i], mask[i], o.clip, o.value_clip)
                 (pg + o.vf_coef * vf).backward()
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf"))
+                torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf"))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 for k, v in (("pg_loss", pg), ("vf_loss", vf), ("clipfrac", clipfrac)):
-                    stats[k] += v.item()
+                    stats[k] += v.detach()
                 n_updates += 1
         done = step + 1
         bar.update(1)
+        means = all_sum([scores_.mean().item(), kl.sum(1).mean().item(), mask.sum(1).mean().item(),
+                         *(float(v) / n_updates for v in stats.values())], device)
         row = {
-            "score": round(scores_.mean().item(), 6),
-            "kl": round(kl.sum(1).mean().item(), 6),
-            "answer_tokens": round(mask.sum(1).mean().item(), 2),
+            "score": round(means[0] / world, 6),
+            "kl": round(means[1] / world, 6),
+            "answer_tokens": round(means[2] / world, 2),
             "prompts_truncated": sum(cut > 0 for _, cut in encoded),
-            **{k: round(v / n_updates, 6) for k, v in stats.items()},
+            **{k: round(v / world, 6) for k, v in zip(stats, means[3:])},
+            "first_ratio_dev": first_ratio,  # |ratio - 1| at the first minibatch: 0 exactly
             "lr": lr,
             "seconds": round(time.perf_counter() - t0, 3),
         }
@@ -270,15 +309,22 @@ def ppo(cfg: PPOConfig) -> dict:
         bar.set_postfix(score=f"{row['score']:.3f}", kl=f"{row['kl']:.3f}")
         last = row
         if done % tcfg.ckpt_every == 0 or done == tcfg.max_steps:
-            save_checkpoint(run_dir, done, policy, optimizer, {})
+            ckpt.save(done, model, optimizer, {})
+    ckpt.wait()
     bar.close()
     del policy.value_head
-    save_chat_model(policy, run_dir / "model", tok)
     summary = {"step": tcfg.max_steps, "rows": report.rows, "skipped": report.skipped, **{k: last[k] for k in ("score", "kl") if k in last}}
-    write_json(run_dir / "summary.json", summary)
+    if rank == 0:
+        save_chat_model(policy, run_dir / "model", tok)
+        write_json(run_dir / "summary.json", summary)
+    barrier()
     return summary
 
 
 def main(argv: list[str]) -> int:
-    print(json.dumps(ppo(parse_command(PPOConfig, argv, "orizuru ppo", __doc__.split("\n\n")[0])), ensure_ascii=False))
+    cfg = parse_command(PPOConfig, argv, "orizuru ppo", __doc__.split("\n\n")[0])
+    with process_group():
+        summary = ppo(cfg)
+        if world_info()[0] == 0:
+            print(json.dumps(summary, ensure_ascii=False))
     return 0

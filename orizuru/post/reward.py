@@ -29,18 +29,20 @@ from orizuru.post.finetune import (
     PostTrain,
     Schedule,
     Seq,
+    all_sums,
     answer_seq,
     fit,
     load_base,
     pad_batch,
-    run_steps,
+    rank_share,
     schedule,
     split_val,
 )
-from orizuru.runtime import setup_device
+from orizuru.runtime import barrier, init_distributed, process_group, setup_device, world_info
 from orizuru.tokenizer.chat import ChatTokenizer
 from orizuru.tokenizer.tokenizer import Tokenizer
 from orizuru.train.config import RunConfig
+from orizuru.train.loop import Stage, gathered, run_stage
 
 
 def to_reward_model(model: Llama, seed: int = 0) -> Llama:
@@ -56,12 +58,25 @@ def to_reward_model(model: Llama, seed: int = 0) -> Llama:
     return model
 
 
-def scores(model: Llama, seqs: list[Seq], pad_id: int, device) -> torch.Tensor:
-    """r(x, y) per sequence: the score head on each sequence's last hidden state."""
+class Scorer(nn.Module):
+    """The reward model as one forward, ids and last positions -> r(x, y), so that DDP and FSDP2,
+    which wrap a module's forward, see the score head's parameters inside it."""
+
+    def __init__(self, lm: Llama):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, x: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        hidden = self.lm(x, return_hidden=True)[torch.arange(len(last), device=x.device), last]
+        return self.lm.score(hidden)[:, 0].float()
+
+
+def scores(model: nn.Module, seqs: list[Seq], pad_id: int, device) -> torch.Tensor:
+    """r(x, y) per sequence: the score head on each sequence's last hidden state. `model` is a
+    reward-model Llama or a (wrapped) Scorer."""
     x, _ = pad_batch([Seq(s.ids + [pad_id], s.mask + [0]) for s in seqs], pad_id, device)
     last = torch.tensor([len(s.ids) - 1 for s in seqs], device=device)
-    hidden = model(x, return_hidden=True)[torch.arange(len(seqs), device=device), last]
-    return model.score(hidden)[:, 0].float()
+    return (Scorer(model) if isinstance(model, Llama) else model)(x, last)
 
 
 def save_reward_model(model: Llama, directory: str | Path, tok: Tokenizer) -> None:
@@ -97,7 +112,8 @@ class RewardConfig:
 
 
 def train_reward(cfg: RewardConfig) -> dict:
-    device, amp = setup_device(cfg.train.dtype)
+    rank, world = init_distributed()
+    device, amp = setup_device(cfg.train.dtype, cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     d = cfg.data
     pairs, singles, report = read_preferences(d.train, d.strict)
@@ -129,45 +145,62 @@ def train_reward(cfg: RewardConfig) -> dict:
         raise UserError("no preference pair fits train.seq_len; raise it or shorten the data")
     counts = {"rows": report.rows, "skipped": report.skipped, "truncated": truncated, "train": len(train), "val": len(val)}
     run_dir = Path(cfg.run.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    batches = Batches([len(c.ids) + len(r.ids) for c, r in train], cfg.train.batch_size, cfg.train.seed)
+    B = cfg.train.batch_size
+    batches = Batches([len(c.ids) + len(r.ids) for c, r in train], B * world, cfg.train.seed)
     schedule(cfg.train, cfg.schedule.epochs, cfg.schedule.warmup_ratio, batches.per_epoch)
-    save_config(cfg, run_dir / "config.toml")
-    print(f"orizuru reward: {json.dumps(counts)}; {cfg.train.max_steps} steps", file=sys.stderr)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.toml")
+        print(f"orizuru reward: {json.dumps(counts)}; {cfg.train.max_steps} steps, {world} process(es)", file=sys.stderr)
 
-    def bt(groups):
-        r = scores(model, [s for g in groups for s in g], tok.pad_id, device).view(len(groups), 2)
+    def bt(scorer, groups, live: bool):
+        """Bradley-Terry loss sum, pairs and metric sums; a stand-in batch (live False) weighs nothing."""
+        r = scores(scorer, [s for g in groups for s in g], tok.pad_id, device).view(len(groups), 2)
         margin = r[:, 0] - r[:, 1]
-        return -F.logsigmoid(margin).mean(), {"accuracy": (margin > 0).float().mean().item(), "margin": margin.mean().item()}
+        w = float(live)
+        return -F.logsigmoid(margin).sum() * w, len(groups) * w, {"accuracy": (margin > 0).float().sum() * w, "margin": margin.sum() * w}
 
-    def micro(step: int, m: int):
-        groups = [train[i] for i in batches(step * cfg.train.grad_accum + m)]
-        loss, metrics = bt(groups)
-        return loss, {**metrics, "tokens": sum(len(s.ids) for g in groups for s in g)}
+    def batch(step: int, m: int):
+        idx, live = rank_share(batches(step * cfg.train.grad_accum + m), rank, world)
+        return [train[i] for i in idx], live
 
-    def evaluate() -> dict:
-        sums, n = {}, 0
-        for b in range(0, len(val), cfg.train.batch_size):
-            groups = val[b : b + cfg.train.batch_size]
-            loss, metrics = bt(groups)
-            for k, v in {"loss": loss.item(), **metrics}.items():
-                sums[k] = sums.get(k, 0.0) + v * len(groups)
-            n += len(groups)
-        return {k: v / n for k, v in sums.items()} if n else {}
+    def loss(scorer, b):
+        groups, live = b
+        loss_sum, n, metrics = bt(scorer, groups, live)
+        return loss_sum, n, {**metrics, "tokens": sum(len(s.ids) for g in groups for s in g) if live else 0}
 
-    model.eval()
+    def evaluate(scorer) -> dict:
+        sums = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0, "n": 0.0}
+        for start in range(0, len(val), B * world):
+            idx, live = rank_share(list(range(start, min(start + B * world, len(val)))), rank, world)
+            loss_sum, n, metrics = bt(scorer, [val[i] for i in idx], live)
+            for k, v in {"loss": loss_sum, **metrics, "n": n}.items():
+                sums[k] += float(v)
+        total = all_sums(sums, device)
+        return {k: v / total["n"] for k, v in total.items() if k != "n"} if total["n"] else {}
+
+    scorer = Scorer(model)
+    scorer.eval()
     with torch.no_grad():
-        before = evaluate()
-    last = run_steps("reward", model, cfg.train, run_dir, micro, evaluate, device, amp)
-    save_reward_model(model, run_dir / "model", tok)
+        before = evaluate(scorer)
+    trained = run_stage(Stage("reward", batch, loss, evaluate), scorer, cfg.train, run_dir, device, amp)
+    final = gathered(trained.model, lambda: Scorer(to_reward_model(Llama(model.cfg))))
+    last = trained.last
     summary = {
         "step": cfg.train.max_steps, **counts,
         "val_accuracy_before": before.get("accuracy"), "val_accuracy": last.get("val_accuracy"), "val_loss": last.get("val_loss"),
     }
-    write_json(run_dir / "summary.json", summary)
+    if rank == 0:
+        save_reward_model(final.lm, run_dir / "model", tok)
+        write_json(run_dir / "summary.json", summary)
+    barrier()
     return summary
 
 
 def main(argv: list[str]) -> int:
-    print(json.dumps(train_reward(parse_command(RewardConfig, argv, "orizuru reward", __doc__.split("\n\n")[0])), ensure_ascii=False))
+    cfg = parse_command(RewardConfig, argv, "orizuru reward", __doc__.split("\n\n")[0])
+    with process_group():
+        summary = train_reward(cfg)
+        if world_info()[0] == 0:
+            print(json.dumps(summary, ensure_ascii=False))
     return 0

@@ -20,6 +20,7 @@ import torch
 
 from orizuru.config import ConfigError, parse_command, save_config
 from orizuru.files import write_json
+from orizuru.model.llama import Llama
 from orizuru.model.lora import apply_lora, merge_lora, save_adapter
 from orizuru.post.data import flan_messages, read_instructions
 from orizuru.post.finetune import (
@@ -27,17 +28,19 @@ from orizuru.post.finetune import (
     PostTrain,
     Schedule,
     Seq,
+    all_sums,
     fit,
     load_base,
     pad_batch,
-    run_steps,
+    rank_share,
     save_chat_model,
     schedule,
     split_val,
 )
-from orizuru.runtime import setup_device
+from orizuru.runtime import barrier, init_distributed, process_group, setup_device, world_info
 from orizuru.tokenizer.chat import render
 from orizuru.train.config import RunConfig
+from orizuru.train.loop import Stage, gathered, run_stage
 
 
 @dataclass
@@ -115,47 +118,74 @@ def load_examples(cfg: SFTConfig, tok) -> tuple[list[Seq], list[Seq], dict]:
 
 
 def sft(cfg: SFTConfig) -> dict:
-    device, amp = setup_device(cfg.train.dtype)
+    rank, world = init_distributed()
+    device, amp = setup_device(cfg.train.dtype, cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     model, tok = load_base(cfg.model, device)
     if cfg.train.seq_len > model.cfg.max_seq_len:
         raise ConfigError(f"config key 'train.seq_len' ({cfg.train.seq_len}) exceeds the model's context ({model.cfg.max_seq_len})")
-    train, val, counts = load_examples(cfg, tok)
+    train_set, val, counts = load_examples(cfg, tok)
     if cfg.lora.rank:
         apply_lora(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, cfg.lora.dropout)
-    batches = Batches([len(s.ids) for s in train], cfg.train.batch_size, cfg.train.seed)
+    B = cfg.train.batch_size
+    batches = Batches([len(s.ids) for s in train_set], B * world, cfg.train.seed)
     schedule(cfg.train, cfg.schedule.epochs, cfg.schedule.warmup_ratio, batches.per_epoch)
     run_dir = Path(cfg.run.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.toml")
-    print(f"orizuru sft: {json.dumps(counts)}; {cfg.train.max_steps} steps", file=sys.stderr)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.toml")
+        print(f"orizuru sft: {json.dumps(counts)}; {cfg.train.max_steps} steps, {world} process(es)", file=sys.stderr)
 
-    def micro(step: int, m: int):
-        seqs = [train[i] for i in batches(step * cfg.train.grad_accum + m)]
+    def padded(seqs: list[Seq], live: bool):
         x, y = pad_batch(seqs, tok.pad_id, device)
-        return model(x, y), {"tokens": sum(len(s.ids) - 1 for s in seqs)}  # real tokens, not padding
+        return x, (y if live else torch.full_like(y, -100)), sum(len(s.ids) - 1 for s in seqs) if live else 0
 
-    def evaluate() -> dict:
+    def batch(step: int, m: int):
+        idx, live = rank_share(batches(step * cfg.train.grad_accum + m), rank, world)
+        return padded([train_set[i] for i in idx], live)
+
+    def loss(model, b):
+        x, y, tokens = b
+        return model(x, y, loss_reduction="sum"), (y != -100).sum(), {"tokens": tokens}  # real tokens, not padding
+
+    def evaluate(model) -> dict:
         nats = n = 0.0
-        for b in range(0, len(val), cfg.train.batch_size):
-            x, y = pad_batch(val[b : b + cfg.train.batch_size], tok.pad_id, device)
+        for start in range(0, len(val), B * world):
+            idx, live = rank_share(list(range(start, min(start + B * world, len(val)))), rank, world)
+            x, y, _ = padded([val[i] for i in idx], live)
             nats += model(x, y, loss_reduction="sum").item()
             n += (y != -100).sum().item()
-        return {"loss": nats / n} if n else {}
+        total = all_sums({"nats": nats, "n": n}, device)
+        return {"loss": total["nats"] / total["n"]} if total["n"] else {}
 
-    last = run_steps("sft", model, cfg.train, run_dir, micro, evaluate, device, amp)
-    if cfg.lora.rank:
-        lora = cfg.lora
-        save_adapter(model, run_dir / "adapter", rank=lora.rank, alpha=lora.alpha, targets=lora.targets, dropout=lora.dropout, base_model=cfg.model)
-        merge_lora(model)
-    save_chat_model(model, run_dir / "model", tok)
+    trained = run_stage(Stage("sft", batch, loss, evaluate), model, cfg.train, run_dir, device, amp)
+    last = trained.last
+    lora = cfg.lora
+
+    def build():
+        fresh = Llama(model.cfg)
+        if lora.rank:
+            apply_lora(fresh, lora.rank, lora.alpha, lora.targets, lora.dropout)
+        return fresh
+
+    final = gathered(trained.model, build)
+    if rank == 0:
+        if lora.rank:
+            save_adapter(final, run_dir / "adapter", rank=lora.rank, alpha=lora.alpha, targets=lora.targets, dropout=lora.dropout, base_model=cfg.model)
+            merge_lora(final)
+        save_chat_model(final, run_dir / "model", tok)
     summary = {"step": cfg.train.max_steps, "epochs": cfg.schedule.epochs, **counts, **{k: last[k] for k in ("loss", "val_loss") if k in last}}
-    write_json(run_dir / "summary.json", summary)
+    if rank == 0:
+        write_json(run_dir / "summary.json", summary)
+    barrier()
     return summary
 
 
 def main(argv: list[str]) -> int:
     cfg = parse_command(SFTConfig, argv, "orizuru sft", __doc__.split("\n\n")[0],
                         aliases={"lora-rank": "lora.rank", "strict": "data.strict"})
-    print(json.dumps(sft(cfg), ensure_ascii=False))
+    with process_group():
+        summary = sft(cfg)
+        if world_info()[0] == 0:
+            print(json.dumps(summary, ensure_ascii=False))
     return 0

@@ -20,6 +20,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm import tqdm
@@ -30,6 +31,7 @@ from orizuru.files import append_jsonl, read_jsonl
 from orizuru.model.checkpoint import load_model
 from orizuru.model.generate import generate
 from orizuru.post.data import BadRow, read_rows
+from orizuru.runtime import inference_device
 from orizuru.tokenizer.tokenizer import Tokenizer
 
 LABELS = ("HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown")
@@ -85,7 +87,8 @@ def slick(
     temperature: float = 0.5,
     max_new_tokens: int = 32,
     seed: int = 0,
-    device: str = "cpu",
+    device: str = "auto",
+    dtype: str = "auto",
     strict: bool = False,
 ) -> dict:
     """Label every row of `data` into `out` (continuing a partial `out`); returns the label counts.
@@ -94,7 +97,8 @@ def slick(
     """
     rows = read_qa(data, strict)
     done = read_jsonl(out) if Path(out).exists() else []
-    model = load_model(model_dir, device=device).eval()
+    dev, dt = inference_device(device, dtype)
+    model = load_model(model_dir, device=dev, dtype=dt).eval()
     tok = Tokenizer.load(model_dir)
     counts = Counter(r["slick"] for r in done)
     for i in tqdm(range(len(done), len(rows)), initial=len(done), total=len(rows), desc="slick", unit="row", file=sys.stderr):
@@ -131,13 +135,14 @@ class SlickConfig:
     temperature: float = 0.5
     max_new_tokens: int = 32
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"  # auto|cpu|cuda|cuda:N (auto: CUDA when present)
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # weights' dtype (auto: bf16 on CUDA, float32 on CPU)
     strict: bool = False  # stop at the first bad row (default: skip it, reported with file:line)
 
 
 def main(argv: list[str]) -> int:
     a = parse_command(SlickConfig, argv, "orizuru slick", __doc__.split("\n\n")[0])
     counts = slick(a.model, a.data, a.output, shots=a.shots, prompts=a.prompts, samples=a.samples, temperature=a.temperature,
-                   max_new_tokens=a.max_new_tokens, seed=a.seed, device=a.device, strict=a.strict)
+                   max_new_tokens=a.max_new_tokens, seed=a.seed, device=a.device, dtype=a.dtype, strict=a.strict)
     print(json.dumps(counts))
     return 0

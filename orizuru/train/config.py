@@ -27,12 +27,14 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 1337
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    device: str = "auto"  # auto|cpu|cuda|cuda:N (under torchrun, cuda is LOCAL_RANK's GPU)
     compile: bool = False
     activation_checkpointing: bool = False
     log_every: int = 10
     eval_every: int = 100
     eval_batches: int = 8
     ckpt_every: int = 100
+    ckpt_async: bool = False  # write checkpoints in a background thread while training goes on
     init_from: str | None = None  # HF Llama directory for continued pre-training
     fsdp: bool = False  # shard with FSDP2 under torchrun instead of DDP
 
