@@ -84,8 +84,9 @@ def articles(path: Path) -> Path:
 
 
 def write_pipeline(path: Path, out: Path, sft_lr: float = 1e-3, tail: bool = True, docs: Path | None = None) -> Path:
-    text = HEAD.format(out=out, docs=articles(docs or out.parent / "articles.jsonl")) + (TAIL.format(instructions=DATA / "post" / "instruction_ja.jsonl", prefs=DATA / "post" / "rakuda_prefs_ja.jsonl",
-                                               sft_lr=sft_lr) if tail else "")
+    text = HEAD.format(out=out, docs=articles(docs or out.parent / "articles.jsonl"))
+    if tail:
+        text += TAIL.format(instructions=DATA / "post" / "instruction_ja.jsonl", prefs=DATA / "post" / "rakuda_prefs_ja.jsonl", sft_lr=sft_lr)
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -247,3 +248,31 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert all(f"  {n}" in err for n in STAGES) and "not run yet" in err
     assert not out.exists()
+
+
+def test_shipped_swallow_pipeline_on_a_tiny_base_model(tmp_path):
+    from post_fixtures import tiny_model_dir
+
+    base = tiny_model_dir(tmp_path / "base", dim=32, n_layers=1)
+    out = tmp_path / "swallow"
+    tiny = {"tokenizer.add": 48, "tokenizer.max_chars": 60000,
+            "pretrain.train": "{ max_steps = 4, seq_len = 64, batch_size = 4, warmup_steps = 1, log_every = 2, eval_every = 4, ckpt_every = 4, "
+                              "eval_batches = 2 }",
+            "sft.train": "{ max_steps = 2, seq_len = 64, batch_size = 4, log_every = 1, eval_every = 2, ckpt_every = 2 }",
+            "sft.schedule.epochs": 0, "eval_base.limit": 6, "eval_cpt.limit": 6, "eval_sft.limit": 6,
+            "eval_base.tasks": '["jcommonsenseqa"]', "eval_cpt.tasks": '["jcommonsenseqa"]', "eval_sft.tasks": '["jcommonsenseqa"]'}
+    argv = ["--config", "pipelines/swallow.toml", "--out-dir", str(out), "--override", f"tokenizer.base={base}",
+            "--override", f"resize.model={base}", *sum((["--override", f"{k}={v}"] for k, v in tiny.items()), [])]
+    single_thread_run(argv)
+    names = ["tokenizer", "resize", "tokenize_ja", "tokenize_en", "pretrain", "eval_base", "eval_cpt", "sft", "eval_sft"]
+    assert all(stage_json(out, n)["status"] == "done" for n in names)
+    expanded = stage_json(out, "tokenizer")["metrics"]
+    assert expanded["vocab_size"] == 512 + expanded["added"] and 0 < expanded["added"] <= 48
+    assert expanded["corpus_tokens_ratio"] < 1  # the Japanese text takes fewer tokens after the expansion
+    config = json.loads((out / "pretrain" / "model" / "config.json").read_text())
+    assert config["vocab_size"] >= expanded["vocab_size"] and config["hidden_size"] == 32  # the base's shape, grown
+    report = json.loads((out / "report.json").read_text())
+    jsonschema.validate(report, schema())
+    assert report["evaluation"]["columns"] == ["base (eval_base)", "continued pre-training (eval_cpt)", "SFT (eval_sft)"]
+    weights = stage_json(out, "pretrain")["config"]["data"]["weights"]
+    assert weights == [0.9, 0.1] and stage_json(out, "pretrain")["upstream"].keys() == {"tokenize_ja", "tokenize_en", "resize"}

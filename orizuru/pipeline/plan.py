@@ -132,7 +132,7 @@ def _kind(name: str) -> str:
 
 
 def load_pipeline(path: str | Path, out_dir: str | None = None, sets: dict[str, dict] | None = None) -> Pipeline:
-    """Read, check and hash a pipeline file; `out_dir` and `sets` ({stage: {dotted key: value}}) override it."""
+    """Read, check and hash a pipeline file; `out_dir` and `sets` ({stage: {dotted key: value}}, tables merged) override it."""
     path = Path(path)
     if not path.is_file() and shipped_config(path) is not None:
         path = shipped_config(path)
@@ -141,8 +141,9 @@ def load_pipeline(path: str | Path, out_dir: str | None = None, sets: dict[str, 
     for name, section in (sets or {}).items():
         if name != "run" and name not in raw:
             raise ConfigError(f"{where}: no stage [{name}] to set keys of (stages: {', '.join(k for k in raw if k != 'run')})")
-        for key, value in section.items():
-            _set(raw.setdefault(name, {}), key, value)
+        for key, value in section.items():  # a table merges into the file's table of that key
+            old = _get(raw.setdefault(name, {}), key)
+            _set(raw[name], key, _merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value)
     try:
         run = from_dict(RunSection, raw.get("run", {}), prefix="run.")
         validate(run)

@@ -22,7 +22,7 @@ STAGE_KEYS = ("name", "kind", "command", "status", "hash", "start", "end", "wall
 HEADINGS = {"corpus": "Corpus", "tokenizer": "Tokenizer", "tokenize": "Token shards", "resize": "Model resize",
             "pretrain": "Pre-training", "sft": "Instruction tuning (SFT)", "dpo": "Preference optimisation (DPO)",
             "contamination": "Contamination"}
-MODEL_LABEL = {"pretrain": "base", "resize": "base", "sft": "SFT", "dpo": "DPO"}
+MODEL_LABEL = {"pretrain": "base", "resize": "base", "cpt": "continued pre-training", "sft": "SFT", "dpo": "DPO"}
 
 
 def _loss_rows(path: str | None) -> list[dict]:
@@ -68,7 +68,8 @@ def build_report(p: Pipeline) -> dict:
         for name, rec, stage in evals:
             model = stage.data.get("model")
             up = next((q for q in p.stages if q.name == model), None)
-            label = f"{MODEL_LABEL.get(up.kind, up.name) if up else 'external'} ({name})"
+            kind = "cpt" if up and up.kind == "pretrain" and up.data["train"].get("init_from") else up.kind if up else None
+            label = f"{MODEL_LABEL.get(kind, 'external')} ({name})"
             columns.append(label)
             for task, r in rec["details"]["results"]["tasks"].items():
                 metric = next(iter(r["metrics"]), None)

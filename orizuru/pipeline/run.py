@@ -11,12 +11,13 @@ import copy
 import os
 import sys
 import time
+import tomllib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from orizuru import __version__
-from orizuru.config import parse_command
+from orizuru.config import ConfigError, parse_command
 from orizuru.files import write_json
 from orizuru.pipeline.measure import Meter
 from orizuru.pipeline.plan import Pipeline, Stage, Step, _get, _set, build, decide, find_path, load_pipeline, read_stage, stage_file
@@ -34,6 +35,7 @@ class RunCommand:
     force: list[str] | None = None  # rerun these stages and everything downstream even if done
     dry_run: bool = False  # print the plan (what runs, what is skipped, why) and stop
     out_dir: str | None = None  # override [run] out_dir
+    override: list[str] | None = None  # STAGE.KEY=VALUE: set a key of the pipeline file (the value parses as TOML, else is text)
 
 
 def say(msg: str) -> None:
@@ -132,9 +134,25 @@ def run_pipeline(p: Pipeline, start: str | None = None, only: str | None = None,
     return report
 
 
+def overrides(items: list[str]) -> dict[str, dict]:
+    """`--override sft.train.lr=1e-4` -> {"sft": {"train.lr": 1e-4}}."""
+    sets: dict[str, dict] = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        stage, dot, rest = key.strip().partition(".")
+        if not eq or not dot or not rest:
+            raise ConfigError(f"--override expects STAGE.KEY=VALUE, got {item!r}")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        sets.setdefault(stage, {})[rest] = value
+    return sets
+
+
 def main(argv: list[str]) -> int:
     # `--config PIPELINE.toml` names the pipeline file, not a file of this command's own options
     argv = ["--pipeline" + a[len("--config"):] if a == "--config" or a.startswith("--config=") else a for a in argv]
     a = parse_command(RunCommand, argv, "orizuru run", __doc__.split("\n\n")[0], aliases={"from": "start"})
-    run_pipeline(load_pipeline(a.pipeline, a.out_dir), a.start, a.only, a.force or [], a.dry_run)
+    run_pipeline(load_pipeline(a.pipeline, a.out_dir, overrides(a.override or [])), a.start, a.only, a.force or [], a.dry_run)
     return 0

@@ -266,11 +266,11 @@ KINDS: dict[str, dict[str, Variant]] = {
     "resize": {"resize": Variant(ModelResize, _resize, ("model", "tokenizer"), "output", _paths("output"))},
     "pretrain": {"pretrain": Variant(PretrainConfig, _pretrain, ("data.dirs", "train.init_from"), "run.dir", _run_dir, "model")},
     "sft": {
-        "sft": Variant(SFTConfig, _sft, ("model",), "run.dir", _run_dir, "model"),
+        "sft": Variant(SFTConfig, _sft, ("model", "data.train", "data.val"), "run.dir", _run_dir, "model"),
         "demo": Variant(DemoPost, _sft_demo, ("model",), "output", _paths("output"), "model"),
     },
     "dpo": {
-        "dpo": Variant(DPOConfig, _dpo, ("model", "reference"), "run.dir", _run_dir, "model"),
+        "dpo": Variant(DPOConfig, _dpo, ("model", "reference", "data.train", "data.val"), "run.dir", _run_dir, "model"),
         "demo": Variant(DemoPost, _dpo_demo, ("model",), "output", _paths("output"), "model"),
     },
     "eval": {"eval": Variant(EvalConfig, _eval, ("model",), "output", _paths("output"))},
