@@ -71,12 +71,15 @@ class Meter:
         self.cuda = torch.cuda.is_available()
         self.handles = []
         if self.cuda:
-            import pynvml  # nvidia-ml-py
-
-            pynvml.nvmlInit()
-            self.nvml = pynvml
-            self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
             torch.cuda.reset_peak_memory_stats()
+            try:
+                import pynvml  # nvidia-ml-py (the `pipeline` extra)
+
+                pynvml.nvmlInit()
+                self.nvml = pynvml
+                self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            except Exception:  # noqa: BLE001 - no nvidia-ml-py or no NVML driver: energy is then "not measured"
+                self.handles = []
         self.energy0 = self._energy_mj()
         self.t0 = time.time()
 
@@ -115,7 +118,7 @@ def cost(stages: list[dict], cfg, env: dict) -> dict:
         kwh = sum(measured) * cfg.pue
         out.update(measured_kwh=kwh, measured_tco2eq=kwh / 1000 * cfg.carbon_intensity, energy="measured (NVML)")
     else:
-        out["energy"] = "not measured (no NVIDIA GPU)" if not env.get("gpu_count") else "not measured (NVML has no energy counter)"
+        out["energy"] = "not measured (no NVIDIA GPU)" if not env.get("gpu_count") else "not measured (no NVML energy counter)"
     return out
 
 
