@@ -22,6 +22,7 @@ from orizuru.pipeline.report import schema
 from orizuru.pipeline.run import main as run_main
 from orizuru.resources import DATA
 
+LEAKED = "田んぼが広がる風景を何という？"  # JCommonsenseQA validation example 8940
 STAGES = ["corpus", "contamination", "tokenizer", "tokenize", "pretrain", "eval_base", "sft", "dpo", "eval_sft"]
 HEAD = """
 [run]
@@ -79,6 +80,7 @@ def articles(path: Path) -> Path:
         for line in (DATA / "sample" / "wiki.jsonl").read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
             docs.setdefault(row["title"], []).append(row["text"])
+        docs["石油"].append(LEAKED)  # one evaluation question inside a kept training document: the report must flag it
         path.write_text("".join(json.dumps({"text": "\n".join(p)}, ensure_ascii=False) + "\n" for p in docs.values()), encoding="utf-8")
     return path
 
@@ -128,7 +130,9 @@ def test_tiny_pipeline_end_to_end_and_report_schema(tiny_run):
     jsonschema.validate(report, schema())
     assert [s["name"] for s in report["stages"]] == STAGES and {s["status"] for s in report["stages"]} == {"done"}
     assert report["evaluation"]["columns"] == ["base (eval_base)", "SFT (eval_sft)"]
-    assert set(report["contamination"]) == {"jcommonsenseqa"} and report["contamination"]["jcommonsenseqa"]["examples"] == 8
+    leak = report["contamination"]["jcommonsenseqa"]
+    assert set(report["contamination"]) == {"jcommonsenseqa"} and leak["examples"] == 8 and leak["contaminated"] == 1
+    assert leak["hits"][0]["id"] == "8940" and leak["hits"][0]["ngram"][:5] in LEAKED
     assert report["cost"]["energy"].startswith("not measured") and report["cost"]["gpu_hours"] == 0
     pre = next(s for s in report["stages"] if s["name"] == "pretrain")
     assert pre["metrics"]["tokens"] == 40 * 4 * 32 and pre["metrics"]["val_loss"] < pre["metrics"]["train_loss"] + 1
@@ -137,6 +141,7 @@ def test_tiny_pipeline_end_to_end_and_report_schema(tiny_run):
     for heading in ("## Environment", "## Stages", "## Corpus", "## Pre-training", "## Scaling-law check", "## Evaluation",
                     "## Contamination", "## Samples", "## Cost and energy"):
         assert heading in md, heading
+    assert "**Contaminated** (n-gram overlap with the training corpus): jcommonsenseqa" in md
     # a schema check that can fail: a stage without its status is not a report
     broken = json.loads(json.dumps(report))
     del broken["stages"][0]["status"]

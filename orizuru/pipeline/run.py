@@ -77,7 +77,7 @@ def resolve(stage: Stage, p: Pipeline):
 def run_stage(step: Step, p: Pipeline) -> dict:
     s = step.stage
     if step.action == "rerun":
-        clear(s.variant.owned(resolve_paths_only(s, p), p.out))
+        clear(s.variant.owned(resolve_paths_only(s, p), p.out), p.out)
     cfg = resolve(s, p)
     record = {
         "name": s.name, "kind": s.kind, "command": s.command, "status": "running", "hash": s.hash,

@@ -21,6 +21,7 @@ from orizuru.corpus.cli import CorpusBuild
 from orizuru.demo.post import demo_dpo, demo_sft
 from orizuru.demo.run import PROMPTS, stage_corpus, stage_generate
 from orizuru.demo.tokenizer import demo_section
+from orizuru.errors import UserError
 from orizuru.eval.contamination import ContaminationConfig, check
 from orizuru.eval.evaluate import EvalConfig, evaluate
 from orizuru.files import read_jsonl, write_json
@@ -110,7 +111,7 @@ class DemoTokenizer:
     input: list[str]  # text or JSONL files to train on
     vocab_size: int = 4096
     output: str = "tokenizer"  # tokenizer directory
-    report: str = "tokenizer_report"  # folder of the coverage report
+    report: str = "tokenizer_report"  # folder of the coverage report (relative to run.out_dir)
 
 
 def _tokenizer_demo(cfg: DemoTokenizer, ctx: Context) -> Result:
@@ -238,13 +239,23 @@ def _demo_corpus_paths(cfg: DemoCorpus, out: Path) -> list[Path]:
     return [out / "corpus_input", out / "corpus", out / "train.jsonl"]
 
 
+def _demo_tokenizer_paths(cfg: DemoTokenizer, out: Path) -> list[Path]:
+    return [Path(cfg.output), out / cfg.report]
+
+
 def _get(obj: Any, key: str) -> Any:
     for part in key.split("."):
         obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
     return obj
 
 
-def clear(paths: list[Path]) -> None:
+def clear(paths: list[Path], out: Path) -> None:
+    """Remove a stage's own outputs before it reruns; only ever inside the run's output folder."""
+    root = out.resolve()
+    for p in paths:
+        if p.resolve() == root or root not in p.resolve().parents:
+            raise UserError(f"{p}: a changed stage's output must be inside run.out_dir ({out}) and not out_dir itself, "
+                            "to be cleared before it reruns")
     for p in paths:
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
@@ -260,7 +271,7 @@ KINDS: dict[str, dict[str, Variant]] = {
     "tokenizer": {
         "train": Variant(TokenizerTrain, _tokenizer_train, ("input",), "output", _paths("output")),
         "expand": Variant(TokenizerExpand, _tokenizer_expand, ("base", "corpus"), "output", _paths("output")),
-        "demo": Variant(DemoTokenizer, _tokenizer_demo, ("input",), "output", _paths("output", "report")),
+        "demo": Variant(DemoTokenizer, _tokenizer_demo, ("input",), "output", _demo_tokenizer_paths),
     },
     "tokenize": {"tokenize": Variant(TokenizeConfig, _tokenize, ("tokenizer", "input"), "output", _paths("output"))},
     "resize": {"resize": Variant(ModelResize, _resize, ("model", "tokenizer"), "output", _paths("output"))},
