@@ -3,6 +3,7 @@ memory, GPU energy measured through NVML (NVIDIA only), and the LLaMA §6 cost a
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import resource
@@ -44,8 +45,6 @@ def _memory_gb() -> float | None:
 
 def environment() -> dict:
     """Git commit and dirty flag of the orizuru checkout (None when installed from a wheel), versions, hardware."""
-    import transformers
-
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain") if commit else None
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
@@ -54,7 +53,7 @@ def environment() -> dict:
         "git_dirty": bool(status) if commit else None,
         "orizuru": orizuru.__version__,
         "torch": torch.__version__,
-        "transformers": transformers.__version__,
+        "transformers": _version("transformers"),  # not a dependency of orizuru: None when absent
         "python": platform.python_version(),
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -62,6 +61,13 @@ def environment() -> dict:
         "gpu_count": len(gpus),
         "memory_gb": _memory_gb(),
     }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 class Meter:

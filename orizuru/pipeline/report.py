@@ -299,7 +299,8 @@ def _inline(text: str) -> str:
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top;
+max-width:28em;overflow-wrap:anywhere}
 th{background:#f3f3f3}img{max-width:100%;display:block;margin:.5em 0}code{background:#f3f3f3;padding:0 3px}h2{border-bottom:1px solid #ddd}"""
 
 
