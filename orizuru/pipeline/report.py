@@ -274,10 +274,15 @@ def render_markdown(report: dict, plots: dict[str, Path], out: Path) -> str:
 
 
 def _md_to_html(text: str) -> str:
-    """The Markdown this module writes (tables, paragraphs, `code`, **bold**) as HTML."""
+    """The Markdown this module writes (tables, sub-headings, paragraphs, `code`, **bold**) as HTML."""
     blocks, out = text.split("\n\n"), []
     for block in blocks:
         lines = [ln for ln in block.strip().split("\n") if ln.strip()]
+        if not lines:
+            continue
+        while lines and lines[0].startswith("#"):  # a sub-heading inside a section (the tokenizer report's)
+            level = min(len(lines[0]) - len(lines[0].lstrip("#")) + 1, 6)
+            out.append(f"<h{level}>{_inline(lines.pop(0).lstrip('#').strip())}</h{level}>")
         if not lines:
             continue
         if all(ln.startswith("|") for ln in lines):
