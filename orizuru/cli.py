@@ -12,7 +12,8 @@ import sys
 from orizuru.errors import UserError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("orizuru.demo.run", "run the whole pipeline on the shipped sample data (CPU, minutes)"),
+    "run": ("orizuru.pipeline.run", "run a pipeline file: every stage, hashed, skipped or resumed, and a report card"),
+    "demo": ("orizuru.pipeline.demo", "run the whole pipeline on the shipped sample data (CPU, minutes)"),
     "tokenize": ("orizuru.train.tokenize", "turn text/JSONL files into packed token shards"),
     "pretrain": ("orizuru.train.pretrain", "pre-train (or continue pre-training) a LLaMA model"),
     "generate": ("orizuru.model.generate", "sample text from a model directory"),

@@ -1,0 +1,1 @@
+"""`orizuru run`: one pipeline file, every stage chained, hashed, skipped or resumed, and a report card."""
