@@ -39,7 +39,7 @@ class EvalConfig:
     """`orizuru eval`: a model directory on Japanese tasks; results go to --output (a rerun resumes)."""
 
     model: str  # HF Llama model directory (config.json, weights, tokenizer.json)
-    tasks: list[str]  # task names (orizuru/eval/tasks/), also comma-separated; 'fast' or 'all'
+    tasks: list[str]  # task names (orizuru/eval/tasks/) or task files (path/to/task.toml), also comma-separated; 'fast' or 'all'
     output: str  # output directory (a rerun resumes)
     shots: int | None = None  # few-shot exemplars per prompt; None: each task's default
     limit: int | None = None  # evaluate only the first N examples of each task
@@ -236,6 +236,10 @@ def evaluate(cfg: EvalConfig) -> dict:
     """Evaluate `cfg.model` on `cfg.tasks`; write OUT/results.json, OUT/<task>.jsonl, OUT/summary.md."""
     model_dir, output = Path(cfg.model), Path(cfg.output)
     loaded = [load_task(name) for name in cfg.task_list()]  # unknown names fail before any work
+    names = [t.name for t in loaded]
+    if len(set(names)) != len(names):
+        raise UserError(f"--tasks: two tasks named {sorted({n for n in names if names.count(n) > 1})} "
+                        "(a task file's name is its stem); rename a file")
     identity = model_identity(model_dir)
     output.mkdir(parents=True, exist_ok=True)
     run_file = output / "run.json"
