@@ -147,3 +147,32 @@ def test_dumped_prompts_rescored_with_transformers(model_dir, tmp_path):
             assert math.isclose(ours, theirs, abs_tol=1e-4)
         correct += max(range(len(lps)), key=lps.__getitem__) == rec["gold"]
     assert results["tasks"]["jcommonsenseqa"]["metrics"]["acc"] == pytest.approx(correct / len(records))
+
+
+def test_each_shared_context_runs_through_the_model_once(loaded, monkeypatch):
+    """Shared-prefix scoring: the choices of one question pay for their context once (KV cache),
+    and give the log-likelihoods of scoring every context+choice on its own (1e-4)."""
+    model, tok = loaded
+    contexts = ["質問：日本の首都は？\n答え：", "前提：犬が走っている。\n仮説：動物が動いている。\n関係："]
+    choices = [["東京", "大阪", "京都府の北部", "札幌", "那覇"], ["含意", "矛盾", "中立"]]
+    reqs = [L.encode_pair(tok, c, x) for c, xs in zip(contexts, choices) for x in xs]
+    seen = []
+    forward = Llama.forward
+
+    def counting(self, ids, *args, **kwargs):
+        seen.append(ids.shape)
+        return forward(self, ids, *args, **kwargs)
+
+    monkeypatch.setattr(Llama, "forward", counting)
+    shared = L.score(model, reqs, batch_tokens=100_000)
+    monkeypatch.setattr(Llama, "forward", forward)
+    ctx_lens = [len(tok.encode(c, bos=True)) for c in contexts]
+    assert seen[0] == (2, max(ctx_lens))  # one row per distinct context, not per choice
+    assert seen[1][0] == len(reqs) and len(seen) == 2
+    for r, s in zip(reqs, shared):
+        ids = torch.tensor([r.context + r.continuation])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids)[0].double(), -1)
+        n = len(r.context)
+        expected = sum(float(logp[n - 1 + i, t]) for i, t in enumerate(r.continuation))
+        assert s["logprob"] == pytest.approx(expected, abs=1e-4)
