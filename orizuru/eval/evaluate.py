@@ -200,6 +200,7 @@ def _summarize(task: Task, records: list[dict], shots: int, settings: EvalConfig
         "samples": settings.samples, "metrics": scores_of(base) if base else {},
         "stderr": {m: M.std_error([r["scores"][m] for r in base]) for m in (scores_of(base) if base else {})},
         "truncated_examples": sum(1 for r in base if r.get("truncated")),
+        "has_choices": task.choices is not None or "choices" in task.fields,  # --permute-choices applies
     }
     if task.method == "likelihood":
         out["boundary_merges"] = sum(r["boundary_merges"] for r in base)
@@ -207,6 +208,7 @@ def _summarize(task: Task, records: list[dict], shots: int, settings: EvalConfig
     if len(templates) > 1:
         out["templates"] = templates
         out["template_spread"] = R.template_spread(templates)
+        out["template_stderr"] = {m: R.stderr_over([v[m] for v in templates.values()]) for m in out["template_spread"]}
     perms = {p: rows for (t, p), rows in by_variant.items() if t == first_template}
     if len(perms) > 1:
         primary = task.metrics[0]
@@ -214,7 +216,7 @@ def _summarize(task: Task, records: list[dict], shots: int, settings: EvalConfig
         positions = [r["prediction"] if task.method == "likelihood" else _position(r) for rows in perms.values() for r in rows]
         n_choices = len(base[0]["order"]) if base and "order" in base[0] else 0
         out["permutations"] = {
-            "metric": primary, "n_orders": len(perms), **R.spread(accs),
+            "metric": primary, "n_orders": len(perms), **R.spread(accs), "stderr": R.stderr_over(accs),
             "position_bias": R.position_bias([p for p in positions if p is not None], n_choices),
         }
     if task.classification and task.method == "likelihood" and base:
@@ -312,27 +314,44 @@ def _content_free_logprobs(task, template, exemplars, model, tok, settings, max_
 
 
 def summary_markdown(results: dict) -> str:
-    """A Markdown table of the main metric(s) per task, with standard errors and robustness figures."""
+    """The held-out view: per task and metric, the spread over prompt templates and over choice
+    orders (mean ± standard error over the variants, [min, max]) before the single-run score (the
+    first template, original order, ± its sampling standard error), then calibration and position bias."""
     lines = [f"## Evaluation of `{results['model']['dir']}` (config {results['model']['config_hash']})", "",
-             "| task | n | shots | template | metric | score | ± s.e. |", "| --- | ---: | ---: | --- | --- | ---: | ---: |"]
-    extra = []
+             "Spread first: each score over prompt templates and over choice orders (mean ± s.e. over the variants, "
+             "[min, max]), then the first template in the original order (± s.e. over examples).", "",
+             "| task | metric | over templates | over choice orders | first template | score | ± s.e. | n | shots |",
+             "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    extra, single = [], False
     for name, r in results["tasks"].items():
         for m, v in r["metrics"].items():
-            lines.append(f"| {name} | {r['n']} | {r['shots']} | {r['template']} | {m} | {v:.4f} | {r['stderr'].get(m, float('nan')):.4f} |")
-        if "template_spread" in r:
-            for m, s in r["template_spread"].items():
-                extra.append(f"- {name} {m} over {len(r['templates'])} templates: mean {s['mean']:.4f}, "
-                             f"min {s['min']:.4f}, max {s['max']:.4f}, spread {s['spread']:.4f}")
+            over_t, over_p = "1 (--templates all)", "1 (--permute-choices N)"
+            if "template_spread" in r and m in r["template_spread"]:
+                over_t = _variant_cell(r["template_spread"][m], r.get("template_stderr", {}).get(m), len(r["templates"]))
+            p = r.get("permutations")
+            if p:  # choice orders are scored for the task's primary metric
+                over_p = _variant_cell(p, p.get("stderr"), p["n_orders"]) if p["metric"] == m else "—"
+            elif not r.get("has_choices", r["method"] == "likelihood"):
+                over_p = "—"
+            single |= "--" in over_t + over_p
+            lines.append(f"| {name} | {m} | {over_t} | {over_p} | {r['template']} | {v:.4f} | "
+                         f"{r['stderr'].get(m, float('nan')):.4f} | {r['n']} | {r['shots']} |")
         if "permutations" in r:
             p = r["permutations"]
             bias = ", ".join(f"{b:.2f}" for b in p["position_bias"])
-            extra.append(f"- {name} {p['metric']} over {p['n_orders']} choice orders: mean {p['mean']:.4f}, "
-                         f"min {p['min']:.4f}, max {p['max']:.4f}; position bias [{bias}]")
+            extra.append(f"- {name} position bias over {p['n_orders']} choice orders (share of predictions per shown position): [{bias}]")
         if "calibration" in r:
             c = r["calibration"]
             extra.append(f"- {name} calibration: acc {c['uncalibrated']['acc']:.4f} (ECE {c['uncalibrated']['ece']:.3f}), "
                          f"contextual {c['contextual']['acc']:.4f} (ECE {c['contextual']['ece']:.3f}), "
                          f"batch {c['batch']['acc']:.4f} (ECE {c['batch']['ece']:.3f})")
+    if single:
+        lines += ["", "A cell reading 1 was scored with one variant only: rerun with the flag it names to see the spread."]
     if extra:
         lines += ["", "Robustness:", *extra]
     return "\n".join(lines) + "\n"
+
+
+def _variant_cell(s: dict, se: float | None, k: int) -> str:
+    se_text = "" if se is None or se != se else f" ± {se:.4f}"
+    return f"{s['mean']:.4f}{se_text} [{s['min']:.4f}, {s['max']:.4f}] (k={k})"
