@@ -24,6 +24,7 @@ from orizuru.eval import generative as G
 from orizuru.eval import likelihood as L
 from orizuru.eval import metrics as M
 from orizuru.eval import robustness as R
+from orizuru.eval import safety as S
 from orizuru.eval.sandbox import humaneval_program, run_program
 from orizuru.eval.tasks import Example, Task, load_examples, load_task, render, task_names
 from orizuru.files import append_jsonl, atomic_write, read_jsonl, write_json
@@ -154,6 +155,9 @@ def _generate(task, template, chunk, exemplars, perm, model, tok, settings, max_
         gold = ex.gold if order is None else [str(order.index(int(g))) for g in ex.gold]
         if task.method == "code":
             records.append(_code_record(task, ex, prompt, texts, settings))
+        elif task.method == "safety":
+            records.append({"prompt": prompt, "generations": texts, "prediction": None, "gold": None,
+                            "scores": S.score_samples(texts)})
         else:
             answers = [G.extract_answer(t, task.extract) for t in texts]
             pred = G.vote(answers)

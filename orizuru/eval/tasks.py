@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from orizuru.config import ConfigError, from_dict
 from orizuru.errors import UserError
+from orizuru.eval.safety import METRICS as SAFETY_METRICS
 from orizuru.resources import DATA, shipped
 
 TASK_DIR = shipped("eval", "tasks")
@@ -41,12 +42,12 @@ class Template:
 @dataclass
 class Task:
     description: str
-    method: Literal["likelihood", "generate", "code"]
+    method: Literal["likelihood", "generate", "code", "safety"]  # safety: generations scored by orizuru.eval.safety
     data: str
     fields: dict
-    gold: str
     metrics: list[str]
     templates: list[Template]
+    gold: str = ""  # the field holding the answer (every method but safety)
     exemplar_data: str | None = None  # None: exemplars come from `data` and are excluded from it
     exemplar_ids: list[Any] = field(default_factory=list)
     exemplar_answer: str | None = None  # exemplar-row field shown after an exemplar (default: gold)
@@ -66,12 +67,14 @@ class Task:
             raise ConfigError(f"{where}: needs at least one [[templates]] entry")
         if len({t.id for t in self.templates}) != len(self.templates):
             raise ConfigError(f"{where}: template ids must be unique")
-        if self.gold not in self.fields:
+        if self.method != "safety" and self.gold not in self.fields:
             raise ConfigError(f"{where}: 'gold' ({self.gold}) must name one of 'fields'")
         if self.method == "likelihood" and self.choices is None and "choices" not in self.fields:
             raise ConfigError(f"{where}: a likelihood task needs 'choices' or a 'choices' field")
         if (self.choices is None) != (self.labels is None) or (self.choices and len(self.choices) != len(self.labels)):
             raise ConfigError(f"{where}: 'choices' and 'labels' go together, with equal lengths")
+        if self.method == "safety" and not set(self.metrics) <= set(SAFETY_METRICS):
+            raise ConfigError(f"{where}: a safety task's metrics are among {list(SAFETY_METRICS)}")
         if self.default_shots > len(self.exemplar_ids):
             raise ConfigError(f"{where}: default_shots exceeds the {len(self.exemplar_ids)} exemplar_ids")
         for key in ("data", "exemplar_data"):
@@ -157,7 +160,7 @@ def read_rows(path: Path) -> list[dict]:
 
 def make_example(task: Task, row: dict, where: str) -> Example:
     values = {var: _get(row, path, where) for var, path in task.fields.items()}
-    gold = values[task.gold]
+    gold = values.get(task.gold)
     choices = task.choices if task.choices is not None else values.get("choices")
     if task.method == "likelihood":
         if task.labels is not None:
