@@ -205,3 +205,11 @@ def test_killing_the_parent_fails_and_the_caller_survives():
     code = "    return a + b\nimport os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(-1, signal.SIGKILL)\n"
     r = run_program(humaneval_program(PROMPT, code, TESTS, "add"))
     assert not r.passed and os.getppid() > 1  # the test process is still here
+
+
+def test_no_descriptor_outlives_a_run():
+    before = len(os.listdir("/proc/self/fd"))
+    run_program(humaneval_program(PROMPT, "    return a + b\n", TESTS, "add"))
+    run_program(humaneval_program(PROMPT, "    while True:\n        pass\n", TESTS, "add"), timeout=1)
+    run_program("print(1)")
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -301,16 +301,6 @@ class _Process:
         return self.proc.returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU)
 
 
-def _read_report(fd: int) -> bytes:
-    os.set_blocking(fd, False)
-    try:
-        return os.read(fd, 64)
-    except BlockingIOError:
-        return b""
-    finally:
-        os.close(fd)
-
-
 def run_program(
     code: str,
     *,
@@ -327,28 +317,39 @@ def run_program(
     # programs that burn CPU on several threads), so the two never race on an idle machine
     limits = _Limits(math.ceil(timeout) + 1, memory_mb << 20, file_size_mb << 20, max_procs)
     nonce = secrets.token_hex(16).encode()
-    nonce_r, nonce_w = os.pipe()
-    report_r, report_w = os.pipe()
-    os.write(nonce_w, nonce)
-    os.close(nonce_w)
-    works = [tempfile.mkdtemp(prefix="orizuru-sandbox-") for _ in range(2 if isinstance(code, CheckProgram) else 1)]
+    check = isinstance(code, CheckProgram)
+    works = [tempfile.mkdtemp(prefix="orizuru-sandbox-") for _ in range(2 if check else 1)]
+    fds: set[int] = set()  # our ends and the children's, each closed exactly once (threads reuse numbers)
+
+    def pipe() -> tuple[int, int]:
+        pair = os.pipe()
+        fds.update(pair)
+        return pair
+
+    def close(*which: int) -> None:
+        for fd in which:
+            fds.discard(fd)
+            os.close(fd)
+
     procs: list[_Process] = []
     try:
-        if isinstance(code, CheckProgram):
-            req_r, req_w = os.pipe()
-            rep_r, rep_w = os.pipe()
+        nonce_r, nonce_w = pipe()
+        report_r, report_w = pipe()
+        os.write(nonce_w, nonce)
+        close(nonce_w)
+        if check:
+            req_r, req_w = pipe()
+            rep_r, rep_w = pipe()
             procs.append(_Process(works[0], {"solution.py": code.solution}, _SERVE_SOLUTION,
                                   [str(req_r), str(rep_w)], (req_r, rep_w), limits, output_limit))
             procs.append(_Process(works[1], {"tests.py": code.tests}, _RUN_TESTS,
                                   [str(req_w), str(rep_r), str(nonce_r), str(report_w), code.entry_point],
                                   (req_w, rep_r, nonce_r, report_w), limits, output_limit))
-            for fd in (req_r, req_w, rep_r, rep_w):
-                os.close(fd)
+            close(req_r, req_w, rep_r, rep_w)
         else:
             procs.append(_Process(works[0], {"program.py": code}, _RUN_PROGRAM, [str(nonce_r), str(report_w)],
                                   (nonce_r, report_w), limits, output_limit))
-        os.close(nonce_r)
-        os.close(report_w)
+        close(nonce_r, report_w)
         judge = procs[-1]  # the process whose run to the end is the verdict
         try:
             judge.proc.wait(timeout=timeout)
@@ -365,9 +366,21 @@ def run_program(
             return Result(False, "timeout", None if timed_out else code_rc, stdout, stderr)
         passed = code_rc == 0 and reported
         return Result(passed, "passed" if passed else "failed", code_rc, stdout, stderr)
-    finally:
+    finally:  # also when a start failed: nothing keeps running, no descriptor stays open
+        for p in procs:
+            p.kill()
+        close(*fds)
         for w in works:
             shutil.rmtree(w, ignore_errors=True)
+
+
+def _read_report(fd: int) -> bytes:
+    """What the judge wrote before it exited (never blocks: a silent run reads as b"")."""
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 64)
+    except BlockingIOError:
+        return b""
 
 
 @lru_cache(maxsize=1)
