@@ -168,7 +168,11 @@ def test_each_shared_context_runs_through_the_model_once(loaded, monkeypatch):
     monkeypatch.setattr(Llama, "forward", forward)
     ctx_lens = [len(tok.encode(c, bos=True)) for c in contexts]
     assert seen[0] == (2, max(ctx_lens))  # one row per distinct context, not per choice
-    assert seen[1][0] == len(reqs) and len(seen) == 2
+    # then every choice once, on the cache of its context, in buckets of similar length
+    assert sum(rows for rows, _ in seen[1:]) == len(reqs)
+    lengths = sorted(len(r.continuation) for r in reqs)
+    assert sum(rows * width for rows, width in seen[1:]) <= len(reqs) * lengths[-1]
+    assert [b for b in L.length_buckets([1, 2, 3, 4, 5, 8, 9, 1])] == [[0, 7], [1], [2, 3], [4, 5], [6]]
     for r, s in zip(reqs, shared):
         ids = torch.tensor([r.context + r.continuation])
         with torch.no_grad():
@@ -176,3 +180,14 @@ def test_each_shared_context_runs_through_the_model_once(loaded, monkeypatch):
         n = len(r.context)
         expected = sum(float(logp[n - 1 + i, t]) for i, t in enumerate(r.continuation))
         assert s["logprob"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_one_long_context_does_not_pad_a_batch_of_short_ones():
+    sizes = [(48, 10)] + [(17, 10)] * 60
+    groups = L.batches(sizes, 4096)
+    assert groups[0] == [0] and sorted(i for g in groups for i in g) == list(range(61))
+    for g in groups:  # padding within a quarter of the budget, every batch within it
+        width = max(sizes[i][0] for i in g)
+        assert len(g) * width - sum(sizes[i][0] for i in g) <= 1024
+        assert len(g) * width + sum(sizes[i][1] for i in g) <= 4096
+    assert len(L.batches(sizes, 100_000)) == 1
