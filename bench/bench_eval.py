@@ -7,7 +7,7 @@ HF model directory, in one run. lm-eval runs in a venv of its own layered over t
     python3.11 -m venv /tmp/venv-lmeval
     python -c "import site; print(site.getsitepackages()[0])" > /tmp/venv-lmeval/lib/python3.11/site-packages/project.pth
     /tmp/venv-lmeval/bin/pip install lm-eval==0.4.13
-    python bench/bench_eval.py --lm-eval-python /tmp/venv-lmeval/bin/python --lm-eval-batch 32 [--model DIR] [--n 100]
+    python bench/bench_eval.py --lm-eval-python /tmp/venv-lmeval/bin/python --lm-eval-batch 32 --n 300 [--model DIR]
 
 Without --model a demo-sized random-init model (3.1M parameters, 8192-token BPE, as
 configs/demo.toml) is built in a temporary directory. Each engine is timed --repeat times (the
@@ -71,7 +71,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=100, help="JCommonsenseQA examples (5 choices each)")
     p.add_argument("--lm-eval-python", default="/tmp/venv-lmeval/bin/python")
     p.add_argument("--lm-eval-batch", type=int, default=1, help="lm-eval batch size (its default is 1)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of each engine (1: steadiest on a shared machine)")
     p.add_argument("--repeat", type=int, default=3, help="timed runs per engine (the fastest counts)")
     a = p.parse_args()
 
