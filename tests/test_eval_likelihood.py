@@ -147,3 +147,47 @@ def test_dumped_prompts_rescored_with_transformers(model_dir, tmp_path):
             assert math.isclose(ours, theirs, abs_tol=1e-4)
         correct += max(range(len(lps)), key=lps.__getitem__) == rec["gold"]
     assert results["tasks"]["jcommonsenseqa"]["metrics"]["acc"] == pytest.approx(correct / len(records))
+
+
+def test_each_shared_context_runs_through_the_model_once(loaded, monkeypatch):
+    """Shared-prefix scoring: the choices of one question pay for their context once (KV cache),
+    and give the log-likelihoods of scoring every context+choice on its own (1e-4)."""
+    model, tok = loaded
+    contexts = ["質問：日本の首都は？\n答え：", "前提：犬が走っている。\n仮説：動物が動いている。\n関係："]
+    choices = [["東京", "大阪", "京都府の北部", "札幌", "那覇"], ["含意", "矛盾", "中立"]]
+    reqs = [L.encode_pair(tok, c, x) for c, xs in zip(contexts, choices) for x in xs]
+    seen = []
+    forward = Llama.forward
+
+    def counting(self, ids, *args, **kwargs):
+        seen.append(ids.shape)
+        return forward(self, ids, *args, **kwargs)
+
+    monkeypatch.setattr(Llama, "forward", counting)
+    shared = L.score(model, reqs, batch_tokens=100_000)
+    monkeypatch.setattr(Llama, "forward", forward)
+    ctx_lens = [len(tok.encode(c, bos=True)) for c in contexts]
+    assert seen[0] == (2, max(ctx_lens))  # one row per distinct context, not per choice
+    # then every choice once, on the cache of its context, in buckets of similar length
+    assert sum(rows for rows, _ in seen[1:]) == len(reqs)
+    lengths = sorted(len(r.continuation) for r in reqs)
+    assert sum(rows * width for rows, width in seen[1:]) <= len(reqs) * lengths[-1]
+    assert [b for b in L.length_buckets([1, 2, 3, 4, 5, 8, 9, 1])] == [[0, 7], [1], [2, 3], [4, 5], [6]]
+    for r, s in zip(reqs, shared):
+        ids = torch.tensor([r.context + r.continuation])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids)[0].double(), -1)
+        n = len(r.context)
+        expected = sum(float(logp[n - 1 + i, t]) for i, t in enumerate(r.continuation))
+        assert s["logprob"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_one_long_context_does_not_pad_a_batch_of_short_ones():
+    sizes = [(48, 10)] + [(17, 10)] * 60
+    groups = L.batches(sizes, 4096)  # 61 x 48 + 610 fits the budget, but 60 x 31 would be padding
+    assert len(groups) == 2 and sorted(i for g in groups for i in g) == list(range(61))
+    for g in groups:  # padding within a quarter of the budget, every batch within it
+        width = max(sizes[i][0] for i in g)
+        assert len(g) * width - sum(sizes[i][0] for i in g) <= 1024
+        assert len(g) * width + sum(sizes[i][1] for i in g) <= 4096
+    assert len(L.batches(sizes, 100_000)) == 1

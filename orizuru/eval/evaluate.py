@@ -30,6 +30,7 @@ from orizuru.eval import generative as G
 from orizuru.eval import likelihood as L
 from orizuru.eval import metrics as M
 from orizuru.eval import robustness as R
+from orizuru.eval import safety as S
 from orizuru.eval.sandbox import humaneval_program, run_program
 from orizuru.eval.tasks import Example, Task, load_examples, load_task, render, task_names
 from orizuru.files import append_jsonl, atomic_write, read_jsonl, write_json
@@ -46,7 +47,7 @@ class EvalConfig:
     """`orizuru eval`: a model directory on Japanese tasks; results go to --output (a rerun resumes)."""
 
     model: str  # HF Llama model directory (config.json, weights, tokenizer.json)
-    tasks: list[str]  # task names (orizuru/eval/tasks/), also comma-separated; 'fast' or 'all'
+    tasks: list[str]  # task names (orizuru/eval/tasks/) or task files (path/to/task.toml), also comma-separated; 'fast' or 'all'
     output: str  # output directory (a rerun resumes)
     shots: int | None = None  # few-shot exemplars per prompt; None: each task's default
     limit: int | None = None  # evaluate only the first N examples of each task
@@ -163,6 +164,9 @@ def _generate(task, template, chunk, exemplars, perm, model, tok, settings, max_
         gold = ex.gold if order is None else [str(order.index(int(g))) for g in ex.gold]
         if task.method == "code":
             records.append(_code_record(task, ex, prompt, texts, settings))
+        elif task.method == "safety":
+            records.append({"prompt": prompt, "generations": texts, "prediction": None, "gold": None,
+                            "scores": S.score_samples(texts)})
         else:
             answers = [G.extract_answer(t, task.extract) for t in texts]
             pred = G.vote(answers)
@@ -209,6 +213,7 @@ def _summarize(task: Task, records: list[dict], shots: int, settings: EvalConfig
         "samples": settings.samples, "metrics": scores_of(base) if base else {},
         "stderr": {m: M.std_error([r["scores"][m] for r in base]) for m in (scores_of(base) if base else {})},
         "truncated_examples": sum(1 for r in base if r.get("truncated")),
+        "has_choices": task.choices is not None or "choices" in task.fields,  # --permute-choices applies
     }
     if task.method == "likelihood":
         out["boundary_merges"] = sum(r["boundary_merges"] for r in base)
@@ -216,6 +221,7 @@ def _summarize(task: Task, records: list[dict], shots: int, settings: EvalConfig
     if len(templates) > 1:
         out["templates"] = templates
         out["template_spread"] = R.template_spread(templates)
+        out["template_stderr"] = {m: R.stderr_over([v[m] for v in templates.values()]) for m in out["template_spread"]}
     perms = {p: rows for (t, p), rows in by_variant.items() if t == first_template}
     if len(perms) > 1:
         primary = task.metrics[0]
@@ -223,7 +229,7 @@ def _summarize(task: Task, records: list[dict], shots: int, settings: EvalConfig
         positions = [r["prediction"] if task.method == "likelihood" else _position(r) for rows in perms.values() for r in rows]
         n_choices = len(base[0]["order"]) if base and "order" in base[0] else 0
         out["permutations"] = {
-            "metric": primary, "n_orders": len(perms), **R.spread(accs),
+            "metric": primary, "n_orders": len(perms), **R.spread(accs), "stderr": R.stderr_over(accs),
             "position_bias": R.position_bias([p for p in positions if p is not None], n_choices),
         }
     if task.classification and task.method == "likelihood" and base:
@@ -245,6 +251,10 @@ def evaluate(cfg: EvalConfig) -> dict:
     """Evaluate `cfg.model` on `cfg.tasks`; write OUT/results.json, OUT/<task>.jsonl, OUT/summary.md."""
     model_dir, output = Path(cfg.model), Path(cfg.output)
     loaded = [load_task(name) for name in cfg.task_list()]  # unknown names fail before any work
+    names = [t.name for t in loaded]
+    if len(set(names)) != len(names):
+        raise UserError(f"--tasks: two tasks named {sorted({n for n in names if names.count(n) > 1})} "
+                        "(a task file's name is its stem); rename a file")
     identity = model_identity(model_dir)
     device, dtype = inference_device(cfg.device, cfg.dtype)
     rank, world = init_distributed()
@@ -347,27 +357,44 @@ def _content_free_logprobs(task, template, exemplars, model, tok, settings, max_
 
 
 def summary_markdown(results: dict) -> str:
-    """A Markdown table of the main metric(s) per task, with standard errors and robustness figures."""
+    """The held-out view: per task and metric, the spread over prompt templates and over choice
+    orders (mean ± standard error over the variants, [min, max]) before the single-run score (the
+    first template, original order, ± its sampling standard error), then calibration and position bias."""
     lines = [f"## Evaluation of `{results['model']['dir']}` (config {results['model']['config_hash']})", "",
-             "| task | n | shots | template | metric | score | ± s.e. |", "| --- | ---: | ---: | --- | --- | ---: | ---: |"]
-    extra = []
+             "Spread first: each score over prompt templates and over choice orders (mean ± s.e. over the variants, "
+             "[min, max]), then the first template in the original order (± s.e. over examples).", "",
+             "| task | metric | over templates | over choice orders | first template | score | ± s.e. | n | shots |",
+             "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    extra, single = [], False
     for name, r in results["tasks"].items():
         for m, v in r["metrics"].items():
-            lines.append(f"| {name} | {r['n']} | {r['shots']} | {r['template']} | {m} | {v:.4f} | {r['stderr'].get(m, float('nan')):.4f} |")
-        if "template_spread" in r:
-            for m, s in r["template_spread"].items():
-                extra.append(f"- {name} {m} over {len(r['templates'])} templates: mean {s['mean']:.4f}, "
-                             f"min {s['min']:.4f}, max {s['max']:.4f}, spread {s['spread']:.4f}")
+            over_t, over_p = "1 (--templates all)", "1 (--permute-choices N)"
+            if "template_spread" in r and m in r["template_spread"]:
+                over_t = _variant_cell(r["template_spread"][m], r.get("template_stderr", {}).get(m), len(r["templates"]))
+            p = r.get("permutations")
+            if p:  # choice orders are scored for the task's primary metric
+                over_p = _variant_cell(p, p.get("stderr"), p["n_orders"]) if p["metric"] == m else "—"
+            elif not r.get("has_choices", r["method"] == "likelihood"):
+                over_p = "—"
+            single |= "--" in over_t + over_p
+            lines.append(f"| {name} | {m} | {over_t} | {over_p} | {r['template']} | {v:.4f} | "
+                         f"{r['stderr'].get(m, float('nan')):.4f} | {r['n']} | {r['shots']} |")
         if "permutations" in r:
             p = r["permutations"]
             bias = ", ".join(f"{b:.2f}" for b in p["position_bias"])
-            extra.append(f"- {name} {p['metric']} over {p['n_orders']} choice orders: mean {p['mean']:.4f}, "
-                         f"min {p['min']:.4f}, max {p['max']:.4f}; position bias [{bias}]")
+            extra.append(f"- {name} position bias over {p['n_orders']} choice orders (share of predictions per shown position): [{bias}]")
         if "calibration" in r:
             c = r["calibration"]
             extra.append(f"- {name} calibration: acc {c['uncalibrated']['acc']:.4f} (ECE {c['uncalibrated']['ece']:.3f}), "
                          f"contextual {c['contextual']['acc']:.4f} (ECE {c['contextual']['ece']:.3f}), "
                          f"batch {c['batch']['acc']:.4f} (ECE {c['batch']['ece']:.3f})")
+    if single:
+        lines += ["", "A cell reading 1 was scored with one variant only: rerun with the flag it names to see the spread."]
     if extra:
         lines += ["", "Robustness:", *extra]
     return "\n".join(lines) + "\n"
+
+
+def _variant_cell(s: dict, se: float | None, k: int) -> str:
+    se_text = "" if se is None or se != se else f" ± {se:.4f}"
+    return f"{s['mean']:.4f}{se_text} [{s['min']:.4f}, {s['max']:.4f}] (k={k})"

@@ -54,18 +54,29 @@ def encode_pair(tokenizer, context: str, continuation: str, max_len: int | None 
 
 def batches(sizes: list[tuple[int, int]], batch_tokens: int, max_batch: int = 64) -> list[list[int]]:
     """Group indices of (context length, choice tokens) longest-context-first so that each batch's
-    padded context tokens plus its padded choice tokens stay within `batch_tokens`."""
+    padded context tokens plus its padded choice tokens stay within `batch_tokens`, and its context
+    padding within a quarter of it (one long context must not pad a batch of short ones)."""
     order = sorted(range(len(sizes)), key=lambda i: -sizes[i][0])
     out: list[list[int]] = []
     for i in order:
         if out and len(out[-1]) < max_batch:
             group = out[-1] + [i]
             width = sizes[group[0]][0]
-            if len(group) * width + sum(sizes[j][1] for j in group) <= batch_tokens:
+            padding = len(group) * width - sum(sizes[j][0] for j in group)
+            if len(group) * width + sum(sizes[j][1] for j in group) <= batch_tokens and padding <= batch_tokens // 4:
                 out[-1].append(i)
                 continue
         out.append([i])
     return out
+
+
+def length_buckets(lengths: list[int]) -> list[list[int]]:
+    """Positions grouped by length so that a bucket's longest is at most twice its shortest
+    (1, 2, 3-4, 5-8, ...): few forward passes, little padding."""
+    out: dict[int, list[int]] = {}
+    for n, k in enumerate(lengths):
+        out.setdefault(max(0, k - 1).bit_length(), []).append(n)
+    return [out[b] for b in sorted(out)]
 
 
 @torch.inference_mode()
@@ -81,7 +92,6 @@ def score(model, requests: list[Encoded], *, batch_tokens: int = 4096, pad_id: i
     for group in batches(sizes, batch_tokens):
         ctx = [keys[g] for g in group]
         rows = [i for g in group for i in contexts[keys[g]]]  # one row per request
-        owner = torch.tensor([n for n, g in enumerate(group) for _ in contexts[keys[g]]], device=device)
         Lc = len(ctx[0])
         Lk = max(len(requests[i].continuation) for i in rows)
         ids = torch.full((len(ctx), Lc), pad_id, dtype=torch.long)
@@ -95,25 +105,31 @@ def score(model, requests: list[Encoded], *, batch_tokens: int = 4096, pad_id: i
         # final-norm hidden states only: the vocabulary projection (half the FLOPs of a small model)
         # runs just where a log-probability is needed, the context's last position and the choice tokens
         last = model(ids.to(device), attention_mask=mask[:, :Lc], cache=cache, return_hidden=True)[:, -1]  # predicts choice token 0
-        # one cache row per choice, then all choices in one batch (right-padded)
-        cache = KVCache(cache.k[:, owner].contiguous(), cache.v[:, owner].contiguous(), cache.length)
-        cont = torch.full((len(rows), Lk), pad_id, dtype=torch.long)
-        for n, i in enumerate(rows):
-            cont[n, : len(requests[i].continuation)] = torch.tensor(requests[i].continuation)
-        hidden = model(cont.to(device), attention_mask=mask[owner], cache=cache, return_hidden=True)
-        # token j of a choice is predicted at choice position j-1 (j = 0: the context's last position)
-        hidden = torch.cat([last[owner, None], hidden[:, :-1]], dim=1)
-        lengths = torch.tensor([len(requests[i].continuation) for i in rows], device=device)
-        real = torch.arange(Lk, device=device)[None] < lengths[:, None]  # (rows, Lk): not padding
-        targets = cont.to(device)[real]
-        lp = F.log_softmax(model.lm_head(hidden[real]).float(), dim=-1)  # only the real choice tokens
-        token_lp = lp.gather(1, targets[:, None])[:, 0]
-        hit = (lp.argmax(-1) == targets).float()
-        starts = torch.cumsum(lengths, 0) - lengths
-        sums = torch.zeros(len(rows), dtype=torch.float64, device=device)
-        sums.index_add_(0, real.nonzero()[:, 0], token_lp.double())
-        for n, i in enumerate(rows):
-            k = int(lengths[n])
-            results[i] = {"logprob": float(sums[n]), "tokens": k,
-                          "greedy": bool(hit[starts[n] : starts[n] + k].all())}
+        # one cache row per choice, then the choices in buckets of similar token length (right-padded
+        # to the bucket's longest: choices are short and uneven, so one padded batch wasted most of its rows)
+        owners = [n for n, g in enumerate(group) for _ in contexts[keys[g]]]
+        for bucket in length_buckets([len(requests[i].continuation) for i in rows]):
+            idx = torch.tensor([owners[n] for n in bucket], device=device)
+            sub = KVCache(cache.k[:, idx].contiguous(), cache.v[:, idx].contiguous(), cache.length)
+            picked = [rows[n] for n in bucket]
+            Lb = max(len(requests[i].continuation) for i in picked)
+            cont = torch.full((len(picked), Lb), pad_id, dtype=torch.long)
+            for n, i in enumerate(picked):
+                cont[n, : len(requests[i].continuation)] = torch.tensor(requests[i].continuation)
+            hidden = model(cont.to(device), attention_mask=mask[idx], cache=sub, return_hidden=True)
+            # token j of a choice is predicted at choice position j-1 (j = 0: the context's last position)
+            hidden = torch.cat([last[idx, None], hidden[:, :-1]], dim=1)
+            lengths = torch.tensor([len(requests[i].continuation) for i in picked], device=device)
+            real = torch.arange(Lb, device=device)[None] < lengths[:, None]  # (rows, Lb): not padding
+            targets = cont.to(device)[real]
+            lp = F.log_softmax(model.lm_head(hidden[real]).float(), dim=-1)  # only the real choice tokens
+            token_lp = lp.gather(1, targets[:, None])[:, 0]
+            hit = (lp.argmax(-1) == targets).float()
+            starts = torch.cumsum(lengths, 0) - lengths
+            sums = torch.zeros(len(picked), dtype=torch.float64, device=device)
+            sums.index_add_(0, real.nonzero()[:, 0], token_lp.double())
+            for n, i in enumerate(picked):
+                k = int(lengths[n])
+                results[i] = {"logprob": float(sums[n]), "tokens": k,
+                              "greedy": bool(hit[starts[n] : starts[n] + k].all())}
     return results

@@ -25,6 +25,12 @@ def spread(values: list[float]) -> dict:
             "spread": float(max(values) - min(values))}
 
 
+def stderr_over(values: list[float]) -> float:
+    """Standard error of the mean over prompt variants (templates, choice orders): the sample
+    standard deviation over the k variants / sqrt(k)."""
+    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+
+
 def template_spread(per_template: dict[str, dict[str, float]]) -> dict[str, dict]:
     """{template: {metric: value}} -> {metric: {mean, min, max, spread}}."""
     metrics = next(iter(per_template.values())).keys()

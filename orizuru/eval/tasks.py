@@ -4,6 +4,10 @@ A task names its data file (JSONL under `data/eval/`), the fields it reads, a fi
 few-shot exemplar ids (their order is the prompt order), the scoring method and at least three
 prompt templates. Adding a data set means adding a TOML file, not Python.
 
+A user's task file (`--tasks path/to/task.toml`, as lm-eval's `--include_path`) has the same
+schema; its `data` and `exemplar_data` are relative to the file's folder (or absolute), its name
+in results is the file's stem, and its errors name the file and the key.
+
 Template variables are the task's `fields` plus, when the task has choices, `{choices_joined}`
 ("畑、海、田園"), `{choices_numbered}` (llm-jp-eval's "0.畑,1.海,2.田園") and `{choices_lines}`.
 A prompt is `instruction + "\n\n" + (exemplar + answer + "\n\n") * shots + example`.
@@ -19,6 +23,7 @@ from typing import Any, Literal
 
 from orizuru.config import ConfigError, from_dict
 from orizuru.errors import UserError
+from orizuru.eval.safety import METRICS as SAFETY_METRICS
 from orizuru.resources import DATA, shipped
 
 TASK_DIR = shipped("eval", "tasks")
@@ -37,12 +42,12 @@ class Template:
 @dataclass
 class Task:
     description: str
-    method: Literal["likelihood", "generate", "code"]
+    method: Literal["likelihood", "generate", "code", "safety"]  # safety: generations scored by orizuru.eval.safety
     data: str
     fields: dict
-    gold: str
     metrics: list[str]
     templates: list[Template]
+    gold: str = ""  # the field holding the answer (every method but safety)
     exemplar_data: str | None = None  # None: exemplars come from `data` and are excluded from it
     exemplar_ids: list[Any] = field(default_factory=list)
     exemplar_answer: str | None = None  # exemplar-row field shown after an exemplar (default: gold)
@@ -53,21 +58,29 @@ class Task:
     extract: Literal["first_line", "last_number"] = "first_line"
     max_new_tokens: int = 32
     stop: list[str] = field(default_factory=lambda: ["\n"])
-    name: str = ""
+    name: str = ""  # set by load_task: the built-in name or the file's stem
+    root: str = ""  # set by load_task: the folder `data` and `exemplar_data` are relative to
 
-    def validate(self) -> None:
+    def validate(self, where: str = "") -> None:
+        where = where or f"task '{self.name}'"
         if len(self.templates) < 1:
-            raise ConfigError(f"task '{self.name}': needs at least one [[templates]] entry")
+            raise ConfigError(f"{where}: needs at least one [[templates]] entry")
         if len({t.id for t in self.templates}) != len(self.templates):
-            raise ConfigError(f"task '{self.name}': template ids must be unique")
-        if self.gold not in self.fields:
-            raise ConfigError(f"task '{self.name}': 'gold' ({self.gold}) must name one of 'fields'")
+            raise ConfigError(f"{where}: template ids must be unique")
+        if self.method != "safety" and self.gold not in self.fields:
+            raise ConfigError(f"{where}: 'gold' ({self.gold}) must name one of 'fields'")
         if self.method == "likelihood" and self.choices is None and "choices" not in self.fields:
-            raise ConfigError(f"task '{self.name}': a likelihood task needs 'choices' or a 'choices' field")
+            raise ConfigError(f"{where}: a likelihood task needs 'choices' or a 'choices' field")
         if (self.choices is None) != (self.labels is None) or (self.choices and len(self.choices) != len(self.labels)):
-            raise ConfigError(f"task '{self.name}': 'choices' and 'labels' go together, with equal lengths")
+            raise ConfigError(f"{where}: 'choices' and 'labels' go together, with equal lengths")
+        if self.method == "safety" and not set(self.metrics) <= set(SAFETY_METRICS):
+            raise ConfigError(f"{where}: a safety task's metrics are among {list(SAFETY_METRICS)}")
         if self.default_shots > len(self.exemplar_ids):
-            raise ConfigError(f"task '{self.name}': default_shots exceeds the {len(self.exemplar_ids)} exemplar_ids")
+            raise ConfigError(f"{where}: default_shots exceeds the {len(self.exemplar_ids)} exemplar_ids")
+        for key in ("data", "exemplar_data"):
+            value = getattr(self, key)
+            if value is not None and self.root and not (Path(self.root) / value).is_file():
+                raise ConfigError(f"{where}: '{key}' = {value!r}: no such file {Path(self.root) / value}")
 
     @property
     def classification(self) -> bool:
@@ -88,14 +101,32 @@ def task_names() -> list[str]:
     return sorted(p.stem for p in TASK_DIR.glob("*.toml"))
 
 
-def load_task(name: str) -> Task:
-    path = TASK_DIR / f"{name}.toml"
-    if not path.is_file():
-        raise UserError(f"unknown task '{name}' (known tasks: {', '.join(task_names())})")
+def is_task_file(spec: str) -> bool:
+    """A `--tasks` item naming a task file rather than a built-in task."""
+    return spec.endswith(".toml")
+
+
+def load_task(spec: str) -> Task:
+    """A built-in task by name, or a task file by path (data relative to the file's folder)."""
+    if is_task_file(spec):
+        path, root, where = Path(spec), Path(spec).resolve().parent, spec
+        if not path.is_file():
+            raise UserError(f"{spec}: task file not found")
+    else:
+        path, root = TASK_DIR / f"{spec}.toml", DATA_DIR
+        where = path.name
+        if not path.is_file():
+            raise UserError(f"unknown task '{spec}' (known tasks: {', '.join(task_names())}; or a path to a task .toml file)")
     with open(path, "rb") as f:
-        data = tomllib.load(f)
-    task = from_dict(Task, {**data, "name": name}, prefix=f"{path.name}: ")
-    task.validate()
+        try:
+            data = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"{where}: not valid TOML ({e})") from None
+    for key in ("name", "root"):
+        if key in data:
+            raise ConfigError(f"{where}: '{key}' comes from the file's path; remove it from the file")
+    task = from_dict(Task, {**data, "name": path.stem, "root": str(root)}, prefix=f"{where}: ")
+    task.validate(where)
     return task
 
 
@@ -129,7 +160,7 @@ def read_rows(path: Path) -> list[dict]:
 
 def make_example(task: Task, row: dict, where: str) -> Example:
     values = {var: _get(row, path, where) for var, path in task.fields.items()}
-    gold = values[task.gold]
+    gold = values.get(task.gold)
     choices = task.choices if task.choices is not None else values.get("choices")
     if task.method == "likelihood":
         if task.labels is not None:
@@ -143,8 +174,10 @@ def make_example(task: Task, row: dict, where: str) -> Example:
     return Example(id=str(_get(row, task.id_field, where)), vars=values, gold=gold, choices=choices, row=row)
 
 
-def load_examples(task: Task, data_dir: Path = DATA_DIR) -> tuple[list[Example], list[Example]]:
-    """(evaluation examples, exemplars in their fixed order)."""
+def load_examples(task: Task, data_dir: Path | None = None) -> tuple[list[Example], list[Example]]:
+    """(evaluation examples, exemplars in their fixed order); data paths relative to `data_dir`
+    (default: the task's own folder, `data/eval/` for the built-in tasks)."""
+    data_dir = Path(data_dir or task.root or DATA_DIR)
     path = data_dir / task.data
     rows = read_rows(path)
     examples = [make_example(task, r, f"{path}:{i + 1}") for i, r in enumerate(rows)]
