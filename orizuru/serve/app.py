@@ -29,6 +29,8 @@ from orizuru.serve.engine import Request as EngineRequest
 from orizuru.serve.prompts import chat_prompt, completion_prompt
 from orizuru.serve.protocol import ChatRequest, Common, CompletionRequest, error_body
 
+DISCONNECT_CHECK_S = 0.25  # how often a waiting (non-streaming) request checks that its client is still there
+
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None):
@@ -243,13 +245,17 @@ async def _run(engine: Engine, request: Request, body: Common, prompts: list[lis
     tokens: list[list[Token]] = [[] for _ in texts]
     reasons: list[str | None] = [None] * len(texts)
     try:
-        done = 0
+        done, check = 0, loop.time() + DISCONNECT_CHECK_S
         while done < len(texts):
             try:
-                k, event = await asyncio.wait_for(queue.get(), 0.5)
+                k, event = await asyncio.wait_for(queue.get(), DISCONNECT_CHECK_S)
             except TimeoutError:
+                k, event = None, None
+            if loop.time() >= check:  # a client that gave up frees its slots while tokens still flow
+                check = loop.time() + DISCONNECT_CHECK_S
                 if await request.is_disconnected():
-                    raise ClientGone from None
+                    raise ClientGone
+            if event is None:
                 continue
             if isinstance(event, Failed):
                 raise APIError(500, event.message, "server_error")

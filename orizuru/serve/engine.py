@@ -223,10 +223,10 @@ class Engine:
 
     def _release(self, r: Request) -> None:
         for c in r.choices:
-            if c.slot not in self._free:
+            if not c.done:  # a finished choice gave its slot back already
                 self.cache.lengths[c.slot] = 0
                 self._free.append(c.slot)
-            c.done = True
+                c.done = True
         self._running = [c for c in self._running if c.request is not r]
         self._prefilling = [p for p in self._prefilling if p is not r]
 
