@@ -61,9 +61,10 @@ def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout: float 
 
 @contextmanager
 def serving(model_dir: Path, *extra: str):
-    """`orizuru serve` in a subprocess; yields (base URL without /v1, the process)."""
+    """`orizuru serve` in a subprocess (one torch thread: the tiny model's ops are too small to share,
+    and the test process competes for the cores); yields (base URL without /v1, the process)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "orizuru.cli", "serve", "--model", str(model_dir), "--port", str(port), *extra]
+    cmd = [sys.executable, "-m", "orizuru.cli", "serve", "--model", str(model_dir), "--port", str(port), "--threads", "1", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
     url = f"http://127.0.0.1:{port}"
     try:
