@@ -114,3 +114,41 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise KeyError("VmRSS")
+
+
+def train_fixed_reply(directory: Path, reply: str, steps: int = 100, seed: int = 0) -> Path:
+    """A tiny chat model trained (seconds) to answer every prompt, short or long, with `reply`
+    (context 4096: the judge asks for 1024 tokens after a ~1200-token prompt):
+    a real model behind `orizuru serve` whose output the judge and self-instruct can parse."""
+    from core_helpers import ja_texts
+
+    from orizuru.tokenizer.chat import render
+
+    tok = ja_tokenizer()
+    cfg = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tok.vocab_size, max_seq_len=4096, init_std=0.02)
+    cfg.validate()
+    torch.manual_seed(seed)
+    model = Llama(cfg)
+    model.init_weights(seed=seed)
+    texts = ja_texts(16)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    rng = torch.Generator().manual_seed(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: several threads only contend (10x slower on a busy machine)
+    for _ in range(steps):
+        batch = []
+        for _ in range(4):
+            i, n = (int(x) for x in torch.randint(0, 16, (2,), generator=rng))
+            prompt = ("".join(texts[i:] + texts[:i]))[: 10 + 40 * n]  # 10 to ~600 characters
+            r = render(tok, [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}])
+            batch.append((r.ids, [t if m else -100 for t, m in zip(r.ids[1:] + [-100], r.mask[1:] + [0])]))
+        L = max(len(ids) for ids, _ in batch)
+        ids = torch.tensor([ids + [tok.pad_id] * (L - len(ids)) for ids, _ in batch])
+        targets = torch.tensor([t + [-100] * (L - len(t)) for _, t in batch])
+        loss = model(ids, targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.set_num_threads(threads)
+    save_model(model.eval(), directory, ChatTokenizer(tok.hf))
+    return directory

@@ -281,3 +281,23 @@ def test_health_503_while_loading_and_error_after_stream_start(model_dir):
         assert any('"text"' in e for e in events[:-3])  # tokens came before the failure
         ok = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "日本", "max_tokens": 3}).json()
         assert ok["usage"]["completion_tokens"] == 3  # the engine survived
+
+
+def test_held_back_bytes_are_sent_at_eos_and_never_split(model_dir):
+    """A character split over byte-fallback tokens is held back until whole, and what is still
+    held back when EOS comes is sent (a stream must not lose a trailing "]" or half a kanji)."""
+    engine = Engine.from_dir(str(model_dir), device="cpu", max_batch=1)
+    tok = engine.tokenizer
+    forced = [tok.token_id(f"<0x{b:02X}>") for b in "あ]".encode()] + [tok.eos_id]
+    events: list = []
+    r = Request([tok.bos_id], SamplingParams(max_tokens=10, temperature=0.0), events.append, eos=engine.eos)
+    engine.submit(r)
+    engine._admit()
+    [c] = r.choices
+    for t in forced:
+        logits = torch.full((engine.model.cfg.vocab_size,), -1e4)
+        logits[t] = 0.0
+        engine._next(c, logits)
+    texts = [e.text for e in events if isinstance(e, Delta)]
+    assert "".join(texts) == "あ]" and all("\ufffd" not in t for t in texts)
+    assert isinstance(events[-1], Finish) and events[-1].reason == "stop" and events[-1].completion_tokens == 4

@@ -291,27 +291,31 @@ class Engine:
             r.first_token = now
             self.metrics.observe_ttft(now - r.submitted)
         self.metrics.count_token(now)
-        if t in r.eos and not p.ignore_eos:
-            return self._finish(c, "stop", tokens=[])
         ids = c.printer.ids
+        if t in r.eos and not p.ignore_eos:  # what was held back (a split character, a stop-string prefix) is final now
+            return self._finish(c, "stop", text=self._rest(c, self.tokenizer.decode(ids)))
         if p.stop:
             text = self.tokenizer.decode(ids + [t])
             at = _find_stop(text, p.stop)
             if at >= 0:
                 kept = _trim_to(ids + [t], self.tokenizer, at, text)
                 c.printer.ids = kept
-                rest = text[:at][len(c.printer.printed) :] if text[:at].startswith(c.printer.printed) else ""
-                c.printer.printed = text[:at]
+                rest = self._rest(c, text[:at])
                 return self._finish(c, "stop", text=rest, tokens=tokens if len(kept) > len(ids) else [])
         c.printer(c.index, t)
         if len(ids) >= p.max_tokens:
-            final = self.tokenizer.decode(ids)
-            rest = final[len(c.printer.printed) :] if final.startswith(c.printer.printed) else ""
-            return self._finish(c, "length", text=c.sink.take() + rest, tokens=tokens)
+            return self._finish(c, "length", text=c.sink.take() + self._rest(c, self.tokenizer.decode(ids)), tokens=tokens)
         text = c.sink.take()
         if text or tokens:
             r.emit(Delta(c.index, text, tokens))
         c.pending = t
+
+    @staticmethod
+    def _rest(c: Choice, final: str) -> str:
+        """The part of a choice's final text not sent yet."""
+        rest = final[len(c.printer.printed) :] if final.startswith(c.printer.printed) else ""
+        c.printer.printed = final
+        return rest
 
     def _finish(self, c: Choice, reason: str, text: str = "", tokens: list[Token] = ()) -> None:
         r = c.request
