@@ -204,6 +204,7 @@ class Engine:
             try:
                 self._step()
             except Exception as e:  # a failed step fails its requests, never the server
+                self.cache.rows = None
                 failed = {id(c.request): c.request for c in self._running}
                 failed.update({id(r): r for r in self._prefilling})
                 for r in failed.values():
