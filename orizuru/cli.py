@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("orizuru.train.pretrain", "pre-train (or continue pre-training) a LLaMA model"),
     "generate": ("orizuru.model.generate", "sample text from a model directory"),
     "export": ("orizuru.export.cli", "export a model directory: 'orizuru export gguf' for llama.cpp"),
+    "serve": ("orizuru.serve.cli", "an OpenAI-compatible server with continuous batching and a chat page"),
+    "chat": ("orizuru.serve.chat", "chat in the terminal with a model directory or a server"),
     "corpus": ("orizuru.corpus.cli", "build a clean, deduplicated corpus from WARC/HTML/JSONL/text"),
     "tokenizer": ("orizuru.tokenizer.cli", "train, expand and report on tokenizers"),
     "model": ("orizuru.model.cli", "model surgery: 'orizuru model resize' for an expanded vocabulary"),

@@ -75,11 +75,40 @@ class KVCache:
     k: torch.Tensor
     v: torch.Tensor
     length: int = 0  # positions filled so far (shared by the whole batch)
+    # Serving (continuous batching): each row of the cache is a slot at its own length, and a
+    # forward's batch rows are the cache rows `rows` (None: all). See `slots` and `write_rows`.
+    lengths: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, cfg: ModelConfig, batch: int, max_len: int, device, dtype) -> "KVCache":
         shape = (cfg.n_layers, batch, cfg.n_kv_heads, max_len, cfg.head_dim)
         return cls(torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype))
+
+    @classmethod
+    def slots(cls, cfg: ModelConfig, batch: int, max_len: int, device, dtype) -> "KVCache":
+        """`batch` independent rows with per-row lengths, zero-filled: keys past a row's length are
+        masked out, and a zero (unlike uninitialised memory) can never be NaN under the mask."""
+        shape = (cfg.n_layers, batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+        zeros = lambda: torch.zeros(shape, device=device, dtype=dtype)  # noqa: E731
+        return cls(zeros(), zeros(), lengths=torch.zeros(batch, dtype=torch.long, device=device))
+
+    def row_starts(self) -> torch.Tensor:
+        """Filled length of each row the current forward uses, (B,)."""
+        return self.lengths if self.rows is None else self.lengths[self.rows]
+
+    def write_rows(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store new keys/values (B, H, T, D) at each row's own length; return the rows' keys and
+        values up to the longest of them (B, H, S, D). Lengths advance in `Llama.forward`."""
+        start, T = self.row_starts(), k.size(2)
+        rows = torch.arange(k.size(0), device=k.device) if self.rows is None else self.rows
+        pos = start[:, None] + torch.arange(T, device=k.device)
+        self.k[layer][rows[:, None], :, pos] = k.transpose(1, 2)
+        self.v[layer][rows[:, None], :, pos] = v.transpose(1, 2)
+        span = int(start.max()) + T
+        if self.rows is None:
+            return self.k[layer, :, :, :span], self.v[layer, :, :, :span]
+        return self.k[layer, self.rows, :, :span], self.v[layer, self.rows, :, :span]
 
 
 class Attention(nn.Module):
@@ -98,7 +127,9 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
+        if cache is not None and cache.lengths is not None:
+            k, v = cache.write_rows(self.layer, k, v)
+        elif cache is not None:
             start = cache.length
             cache.k[self.layer, :, :, start : start + T] = k
             cache.v[self.layer, :, :, start : start + T] = v
@@ -218,7 +249,11 @@ class Llama(nn.Module):
         else:  # the same for every row: compute RoPE once and broadcast it
             positions = torch.arange(past, past + T, device=input_ids.device)[None]
         mask = None
-        if attention_mask is not None or (past > 0 and T > 1):
+        if cache is not None and cache.lengths is not None:  # slots: each row at its own position
+            positions = cache.row_starts()[:, None] + torch.arange(T, device=input_ids.device)
+            span = int(positions[:, -1].max()) + 1
+            mask = (torch.arange(span, device=input_ids.device) <= positions[:, :, None])[:, None]
+        elif attention_mask is not None or (past > 0 and T > 1):
             causal = torch.ones(T, past + T, dtype=torch.bool, device=input_ids.device).tril(past)
             mask = causal[None, None]
             if attention_mask is not None:
@@ -235,7 +270,9 @@ class Llama(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, mask, cache, use_reentrant=False)
             else:
                 x = block(x, cos, sin, mask, cache)
-        if cache is not None:
+        if cache is not None and cache.lengths is not None:
+            cache.lengths[cache.rows if cache.rows is not None else slice(None)] += T
+        elif cache is not None:
             cache.length += T
         if last_only:
             x = x[:, -1:]
