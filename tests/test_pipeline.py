@@ -215,6 +215,7 @@ def test_report_html_is_self_contained_in_chromium(tiny_run):
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.set_default_timeout(120_000)  # a cold browser on 2 busy cores
         page.on("request", lambda r: requests.append(r.url))
         page.goto((out / "report.html").as_uri(), wait_until="load")
         widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")

@@ -38,6 +38,7 @@ def test_chat_page(browser, tmp_path):
         assert full.choices[0].finish_reason == "length"  # so Stop below interrupts a reply still running
 
         page = browser.new_page()
+        page.set_default_timeout(120_000)  # a cold browser on 2 busy cores; a hang still fails
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
