@@ -69,7 +69,8 @@ def descendants(pid: int) -> list[int]:
 
 def process_group_at_world_one() -> bool:
     """Whether orizuru starts a process group for one torchrun process (else FSDP2 is never applied)."""
-    one = {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29581"}
+    one = {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29581",
+           "TORCHELASTIC_RUN_ID": "bench"}  # as torchrun sets them
     saved = dict(os.environ)
     os.environ.update(one)
     try:

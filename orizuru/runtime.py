@@ -57,9 +57,10 @@ def inference_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.d
 
 def init_distributed() -> tuple[int, int]:
     """(rank, world) from torchrun's environment (one machine or many: RANK and WORLD_SIZE are
-    global); a single process needs no process group."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1 and not dist.is_initialized():
+    global). Under torchrun a group starts even for one process, so `train.fsdp` shards (a group
+    of one) as asked; a plain `python` process needs none."""
+    launched = int(os.environ.get("WORLD_SIZE", 1)) > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+    if launched and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return world_info()
 
