@@ -42,6 +42,7 @@ from orizuru.runtime import all_mean, all_sum, init_distributed, setup_device
 from orizuru.tokenizer.tokenizer import Tokenizer
 from orizuru.train.batches import Source, TokenBatches, val_batches
 from orizuru.train.config import PretrainConfig, TrainConfig
+from orizuru.train.loss import lm_loss
 from orizuru.train.optim import configure_optimizer, lr_at
 from orizuru.train.tokenize import file_sha256, read_meta, token_bytes
 
@@ -255,7 +256,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
             sync = micro == tcfg.grad_accum - 1 or not hasattr(train_model, "no_sync")
             with contextlib.nullcontext() if sync else train_model.no_sync():
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    loss = train_model(x, y) / tcfg.grad_accum
+                    loss = lm_loss(train_model, x, y, tcfg, tokenizer.bos_id) / tcfg.grad_accum
                 loss.backward()
             loss_acc += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf"))
