@@ -103,3 +103,23 @@ def test_document_masking_matches_transformers_on_each_document_alone():
     tgt = torch.roll(packed, -1, 1)
     assert lm_loss(model, packed, tgt, t, bos).item() == pytest.approx(
         F.cross_entropy(ours.view(-1, 64), tgt.reshape(-1)).item(), rel=1e-5)
+
+
+def test_muon_wsd_pretrain_resumes_exactly(tmp_path, tiny_shards_dir):
+    """The recipe through `orizuru pretrain`'s own checkpoints (torch.distributed.checkpoint state dicts)."""
+    from conftest import tiny_overrides
+
+    from orizuru.config import load_config
+    from orizuru.files import read_jsonl
+    from orizuru.train.config import PretrainConfig
+    from orizuru.train.pretrain import pretrain
+
+    recipe = {"train.optimizer": '"muon"', "train.schedule": '"wsd"', "train.z_loss": "1e-4", "train.doc_mask": "true",
+              "train.ckpt_every": "4", "train.max_steps": "8"}
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    pretrain(load_config(PretrainConfig, overrides=tiny_overrides(tiny_shards_dir, full, **recipe)))
+    # a run stopped at step 4 (its 4 steps are all warm-up, so its schedule matches the full run's)
+    pretrain(load_config(PretrainConfig, overrides=tiny_overrides(tiny_shards_dir, cut, **{**recipe, "train.max_steps": "4"})))
+    pretrain(load_config(PretrainConfig, overrides=tiny_overrides(tiny_shards_dir, cut, **recipe)))  # resumes at step 4
+    a, b = ({r["step"]: r["loss"] for r in read_jsonl(d / "metrics.jsonl")} for d in (full, cut))
+    assert a == b and a[8] < a[1]
