@@ -14,45 +14,66 @@ from orizuru.files import atomic_write
 from orizuru.model.checkpoint import load_model
 from orizuru.model.generate import generate
 from orizuru.resources import DATA
-from orizuru.tokenizer.tokenizer import Tokenizer, iter_texts
+from orizuru.tokenizer.tokenizer import Tokenizer
 
 SAMPLE = DATA / "sample"
 CRAWL = DATA / "corpus"
-PROMPTS = ["吾輩は", "日本の首都は", "昔々あるところに", "東京都は、"]
+PROMPTS = ["吾輩は", "日本の首都は", "昔々あるところに", "東京都は、", "その日の夕方、", "私は", "山の上に", "この町には"]
 CHUNK_CHARS = 2000  # web-page-sized documents: the Swallow rules are calibrated on those
 
 
-def sample_documents(path: Path) -> Path:
-    """The licensed sample text as web-page-sized documents.
+def _pieces(text: str) -> list[str]:
+    """A long work cut at line breaks into ~CHUNK_CHARS-character documents (the last kept if >= 1/5 of that)."""
+    docs, piece, size = [], [], 0
+    for line in text.split("\n"):
+        piece.append(line)
+        size += len(line)
+        if size >= CHUNK_CHARS:
+            docs.append("\n".join(piece).strip())
+            piece, size = [], 0
+    if size >= CHUNK_CHARS // 5:
+        docs.append("\n".join(piece).strip())
+    return docs
 
-    Aozora works are cut at line breaks into ~2,000-character pieces (a whole novel trips the
-    Gopher repetition rules simply by being long); Wikipedia paragraphs are joined per article.
+
+def sample_documents(path: Path) -> Path:
+    """The licensed training text as web-page-sized documents: the demo's data mixture.
+
+    Every shipped Aozora work (data/sample and the corpus tests' data/ja_text, each work once), cut
+    at line breaks into ~2,000-character pieces (a whole novel trips the Gopher repetition rules
+    simply by being long); Wikipedia paragraphs joined per article; and, as plain text, the train
+    splits of the question sets (JCommonsenseQA train questions with their answers, the Japanese
+    instructions with their responses). Evaluation splits are never read here.
     """
     if path.exists():
         return path
 
     docs: list[str] = []
-    for text in iter_texts([SAMPLE / "aozora.jsonl"]):
-        piece: list[str] = []
-        size = 0
-        for line in text.split("\n"):
-            piece.append(line)
-            size += len(line)
-            if size >= CHUNK_CHARS:
-                docs.append("\n".join(piece).strip())
-                piece, size = [], 0
-        if size >= CHUNK_CHARS // 5:
-            docs.append("\n".join(piece).strip())
+    seen: set[str] = set()
+    for file in (SAMPLE / "aozora.jsonl", DATA / "ja_text" / "aozora.jsonl.gz"):
+        for row in read_jsonl_any(file):
+            if row["id"] not in seen:
+                seen.add(row["id"])
+                docs += _pieces(row["text"])
     articles: dict[str, list[str]] = {}
-    with open(SAMPLE / "wiki.jsonl", encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            articles.setdefault(row["title"], []).append(row["text"])
+    for row in read_jsonl_any(SAMPLE / "wiki.jsonl"):
+        articles.setdefault(row["title"], []).append(row["text"])
     docs += ["\n".join(paragraphs) for paragraphs in articles.values()]
+    qa = [f"{row['question']}　答えは「{row['choices'][row['label']]}」。" for row in read_jsonl_any(DATA / "post" / "jcommonsenseqa_train.jsonl")]
+    qa += ["\n".join(t for t in (row["instruction"], row["input"], row["output"]) if t.strip())
+           for row in read_jsonl_any(DATA / "post" / "instruction_ja.jsonl")]
+    docs += _pieces("\n".join(qa))  # one-line items grouped into page-sized documents
     with atomic_write(path) as f:
         for text in docs:
             f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
     return path
+
+
+def read_jsonl_any(path: Path) -> list[dict]:
+    """Rows of a .jsonl or .jsonl.gz file."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def stage_corpus(out: Path) -> tuple[dict, Path]:
@@ -79,7 +100,7 @@ def stage_corpus(out: Path) -> tuple[dict, Path]:
 SAMPLING = {"temperature": 0.8, "top_k": 40, "seed": 0}  # the demo's sampled continuations
 
 
-def stage_generate(model_dir: Path, prompts: list[str], max_new_tokens: int = 40) -> list[tuple[str, str, str]]:
+def stage_generate(model_dir: Path, prompts: list[str], max_new_tokens: int = 64) -> list[tuple[str, str, str]]:
     """(prompt, greedy continuation, sampled continuation) per prompt. Greedy decoding of a model
     this small falls into loops; a sample at SAMPLING shows what it learned of the language."""
     model = load_model(model_dir).eval()

@@ -180,6 +180,17 @@ class Backbone(nn.Module):
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
 
+def document_mask(doc_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions within each document (B, T) and the causal same-document mask (B, 1, T, T)."""
+    T = doc_ids.size(1)
+    idx = torch.arange(T, device=doc_ids.device).expand_as(doc_ids)
+    new = torch.ones_like(doc_ids, dtype=torch.bool)
+    new[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    starts = torch.where(new, idx, torch.zeros_like(idx)).cummax(-1).values
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    return idx - starts, (causal & (doc_ids[:, :, None] == doc_ids[:, None, :]))[:, None]
+
+
 class Llama(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -230,6 +241,7 @@ class Llama(nn.Module):
         loss_reduction: str = "mean",
         last_only: bool = False,
         return_hidden: bool = False,
+        doc_ids: torch.Tensor | None = None,
     ):
         """Logits (B, T, V), or the cross-entropy loss when `targets` is given (-100 = ignore).
 
@@ -241,6 +253,10 @@ class Llama(nn.Module):
 
         attention_mask: (B, S) with 1 for real tokens and 0 for (left) padding, where S counts the
         cached prefix plus the new tokens. Positions then skip the padding, as in HF.
+
+        doc_ids: (B, T) document index of each token of packed training sequences (no cache, no
+        padding): attention stays inside each document and positions restart at its first token,
+        what HF computes for each document alone (see `document_mask`).
         """
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
@@ -263,6 +279,8 @@ class Llama(nn.Module):
                 diag = torch.zeros(T, past + T, dtype=torch.bool, device=input_ids.device)
                 diag[own, past + own] = True
                 mask = mask | diag[None, None]
+        if doc_ids is not None:
+            positions, mask = document_mask(doc_ids)
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.rope(positions, x.dtype)
         for block in self.model.layers:

@@ -46,7 +46,7 @@ def build_report(p: Pipeline) -> dict:
     report: dict = {"schema_version": 1, "name": p.run.name, "pipeline": str(p.path), "out_dir": str(p.out),
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "environment": env, "stages": stages,
                     "corpus": None, "tokenizer": None, "losses": {}, "scaling": None, "evaluation": None,
-                    "contamination": None, "samples": []}
+                    "contamination": None, "samples": [], "quality": None}
     done = {n: r for n, r in records.items() if r["status"] == "done"}
     for name, rec in done.items():
         kind, details = rec["kind"], rec.get("details") or {}
@@ -58,6 +58,8 @@ def build_report(p: Pipeline) -> dict:
             report["losses"][name] = _loss_rows(rec["artifacts"].get("metrics"))
             for sample in details.get("samples", []):
                 report["samples"].append({"stage": name, **sample})
+            if kind == "pretrain" and report["quality"] is None:
+                report["quality"] = details.get("quality")
             if kind == "pretrain" and report["scaling"] is None:
                 report["scaling"] = _scaling(details["summary"], details["config"])
         elif kind == "contamination":
@@ -225,11 +227,20 @@ def _flagged(report: dict) -> list[str]:
     return [t for t, r in (report["contamination"] or {}).items() if r["contaminated"]]
 
 
+QUALITY = [("val_bpb", "validation bits per byte", "<= 1.7"),
+           ("common_char_share", "sampled characters among the 3,000 most common", ">= 0.97"),
+           ("greedy_distinct_4grams", "distinct character 4-grams, greedy", ">= 0.4")]
+
+
 def sections(report: dict, plots: dict[str, Path], image) -> list[tuple[str, str, list]]:
     """(heading, Markdown text, [images]) per section; `image(path, alt)` is how a plot is shown."""
     env = report["environment"]
     out = [("Environment", table([(k, _fmt(v)) for k, v in env.items()]), []),
            ("Stages", _md_table(*stage_rows(report)), [])]
+    if q := report.get("quality"):
+        rows = [(label, f"{_fmt(q.get(key))} (target {target})") for key, label, target in QUALITY]
+        out.insert(0, ("Does it write Japanese?", table(rows) + "\n\nFrom the pre-trained model's continuations of the demo prompts "
+                       "(`orizuru/demo/quality.py`; common characters: the 3,000 most frequent in the shipped Aozora and Wikipedia text).", []))
     if report["corpus"]:
         out.append(("Corpus", stats_markdown(report["corpus"]).replace("## Corpus build\n", ""), [image(plots["corpus"], "corpus funnel")]))
     if report["tokenizer"]:

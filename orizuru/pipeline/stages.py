@@ -19,6 +19,7 @@ from orizuru.config import to_dict
 from orizuru.corpus.build import build_corpus
 from orizuru.corpus.cli import CorpusBuild
 from orizuru.demo.post import demo_dpo, demo_sft
+from orizuru.demo.quality import common_char_share, distinct_4grams
 from orizuru.demo.run import PROMPTS, stage_corpus, stage_generate
 from orizuru.demo.tokenizer import demo_section
 from orizuru.errors import UserError
@@ -150,9 +151,12 @@ def _pretrain(cfg: PretrainConfig, ctx: Context) -> Result:
                "mfu": round(sum(mfus) / len(mfus), 4) if mfus else None,
                "train_loss": summary.get("train_loss"), "val_loss": summary.get("val_loss"), "val_bpb": summary.get("val_bpb")}
     samples = [{"prompt": p, "greedy": g, "sampled": s} for p, g, s in stage_generate(run_dir / "model", PROMPTS)]
+    quality = {"val_bpb": summary.get("val_bpb"), "common_char_share": common_char_share([s["sampled"] for s in samples]),
+               "greedy_distinct_4grams": distinct_4grams([s["greedy"] for s in samples])}
+    write_json(run_dir / "quality.json", quality)
     return Result(metrics, {"dir": str(run_dir), "model": str(run_dir / "model"), "metrics": str(run_dir / "metrics.jsonl"),
-                            "config": str(run_dir / "config.toml")},
-                  {"summary": summary, "samples": samples, "config": to_dict(cfg)})
+                            "config": str(run_dir / "config.toml"), "quality": str(run_dir / "quality.json")},
+                  {"summary": summary, "samples": samples, "quality": quality, "config": to_dict(cfg)})
 
 
 def _post_result(run_dir: Path, summary: dict, samples: list[dict], note: str | None = None) -> Result:

@@ -105,3 +105,10 @@ def val_batches(source: Source, batch_size: int, n_batches: int, world: int, ran
     for i in range(0, len(idx), batch_size):
         chunk = np.stack([source.window_at(k) for k in idx[i : i + batch_size]])
         yield chunk[:, :-1], chunk[:, 1:]
+
+
+def doc_ids_from_bos(x, bos_id: int):
+    """Document index of each token of packed windows (B, T): a document starts at each BOS.
+
+    Tokens before a window's first BOS are the tail of an earlier document (index 0)."""
+    return (x == bos_id).cumsum(-1)

@@ -37,6 +37,13 @@ class TrainConfig:
     ckpt_async: bool = False  # write checkpoints in a background thread while training goes on
     init_from: str | None = None  # HF Llama directory for continued pre-training
     fsdp: bool = False  # shard with FSDP2 under torchrun instead of DDP
+    optimizer: Literal["adamw", "muon"] = "adamw"  # muon: torch.optim.Muon on hidden matrices, AdamW on embeddings/head/norms
+    muon_lr_scale: float = 1.0  # Muon's learning rate = lr x this (its update is already scaled to AdamW's RMS)
+    muon_momentum: float = 0.95  # Muon's Nesterov momentum
+    schedule: Literal["cosine", "wsd"] = "cosine"  # wsd: warm-up, constant, linear decay over the last decay_frac
+    decay_frac: float = 0.2  # wsd: fraction of max_steps spent decaying to min_lr_ratio * lr
+    z_loss: float = 0.0  # weight of PaLM's z-loss, mean(logsumexp(logits)^2), added to the training loss
+    doc_mask: bool = False  # attend only within each packed document (documents start at BOS), positions restart
 
     def validate(self) -> None:
         for key in ("seq_len", "batch_size", "grad_accum", "max_steps", "log_every", "eval_every", "ckpt_every", "eval_batches"):
@@ -50,6 +57,10 @@ class TrainConfig:
             raise ConfigError(f"config key 'train.min_lr_ratio' must be in [0, 1], got {self.min_lr_ratio}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ConfigError("config keys 'train.weight_decay' and 'train.grad_clip' must be >= 0")
+        if not 0 < self.decay_frac <= 1:
+            raise ConfigError(f"config key 'train.decay_frac' must be in (0, 1], got {self.decay_frac}")
+        if self.z_loss < 0 or self.muon_lr_scale <= 0:
+            raise ConfigError("config key 'train.z_loss' must be >= 0 and 'train.muon_lr_scale' > 0")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ConfigError("config keys 'train.beta1' and 'train.beta2' must be in [0, 1)")
 

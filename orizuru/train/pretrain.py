@@ -27,6 +27,7 @@ from orizuru.tokenizer.tokenizer import Tokenizer
 from orizuru.train.batches import Source, TokenBatches, val_batches
 from orizuru.train.config import PretrainConfig, TrainConfig
 from orizuru.train.loop import Stage, export_shard_size, gathered, run_stage
+from orizuru.train.loss import lm_loss
 from orizuru.train.tokenize import file_sha256, read_meta, token_bytes
 
 
@@ -78,10 +79,11 @@ def evaluate(model, val: Source, tcfg: TrainConfig, world: int, rank: int, tbyte
     return nats / tokens, nats / (math.log(2) * max(nbytes, 1.0))
 
 
-def pretrain_loss(model, batch) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(summed next-token cross-entropy, number of targets, metric sums) of one micro-batch."""
+def pretrain_loss(model, batch, tcfg: TrainConfig | None = None, bos_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(summed next-token loss, number of targets, metric sums) of one micro-batch; z-loss and
+    document masking as `tcfg` says (train/loss.py)."""
     x, y = batch
-    return model(x, y, loss_reduction="sum"), (y != -100).sum(), {"tokens": x.numel()}
+    return lm_loss(model, x, y, tcfg or TrainConfig(), bos_id), (y != -100).sum(), {"tokens": x.numel()}
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
@@ -127,7 +129,10 @@ def pretrain(cfg: PretrainConfig) -> dict:
         loss, bpb = evaluate(m, val_source, tcfg, world, rank, tbytes, device, amp)
         return {"loss": loss, "bpb": bpb}
 
-    stage = Stage("pretrain", batch, pretrain_loss, validate, on_log, extra=lambda step: {"epochs": batches.epochs(step)})
+    def loss(m, b):
+        return pretrain_loss(m, b, tcfg, tokenizer.bos_id)
+
+    stage = Stage("pretrain", batch, loss, validate, on_log, extra=lambda step: {"epochs": batches.epochs(step)})
     trained = run_stage(stage, model, tcfg, run_dir, device, amp)
     summary = {
         "step": tcfg.max_steps,
