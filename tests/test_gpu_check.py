@@ -53,7 +53,8 @@ def test_every_step_reports(tmp_path):
 
 
 def test_spent_budget_skips_the_rest(tmp_path):
-    """A budget too small for the first step: it is timed out, every later one skipped with the reason."""
-    steps = run_check(tmp_path / "g.json", GPU_CHECK_BUDGET="6")["steps"]
-    assert steps["model"]["skipped"].startswith(("timed out after", "time budget")), steps["model"]
-    assert "time budget of 6s spent" in steps["bf16_logits"]["skipped"]
+    """A spent budget: every step is skipped with the reason, and the JSON is still written whole.
+    (A 6-s budget raced the first step's speed: on a quiet machine it finished in time.)"""
+    steps = run_check(tmp_path / "g.json", GPU_CHECK_BUDGET="4")["steps"]
+    assert steps["model"]["skipped"] == "time budget of 4s spent before this step", steps["model"]
+    assert steps["bf16_logits"]["skipped"] == "time budget of 4s spent before this step"
