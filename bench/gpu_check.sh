@@ -59,10 +59,10 @@ skip() {  # skip NAME REASON
 
 if [ "$TINY" = 1 ]; then
   SIZE=tiny MFU=(--batch 2 --seq 64 --steps 2 --warmup 1) BF16=(--batch 2 --seq 64) FSDP=(--steps 6) EVAL=(--n 5 --threads 1)
-  SERVE=(--concurrency 1,4)
+  SERVE=(--concurrency 1 4 --threads 1)
 else
   SIZE=small MFU=(--batch 16 --seq 1024 --steps 30 --warmup 5) BF16=(--batch 4 --seq 1024) FSDP=(--steps 40) EVAL=(--n 200 --threads 8)
-  SERVE=(--concurrency 1,16,64)
+  SERVE=(--concurrency 1 16 64)
 fi
 CUDA=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))" 2> /dev/null || echo 0)
 if [ "$CUDA" = 1 ]; then EVAL+=(--device cuda --dtype bfloat16); fi
