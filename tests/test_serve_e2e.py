@@ -31,7 +31,8 @@ def test_judge_and_self_instruct_against_serve(tmp_path):
         assert single == {**single, "n": 2, "unparsable": 0, "mean": 7.0}  # 2 questions, each judged "[[7]]"
         assert result["judge_calls"] == 2
         gen = tmp_path / "gen.jsonl"
-        r = run("self-instruct", "--output", str(gen), "--base-url", f"{url}/v1", "--model", "judge", "--num", "1", "--max-tokens", "64")
+        r = run("self-instruct", "--output", str(gen), "--base-url", f"{url}/v1", "--model", "judge", "--num", "1", "--max-tokens", "64",
+                "--temperature", "0")  # greedy: the fixture's one reply (sampled, a tiny model strays)
         assert r.returncode == 0, r.stderr[-2000:]
         [row] = [json.loads(line) for line in gen.read_text().splitlines()]
         assert row["instruction"] == "富士山の高さを説明してください。" and row["output"] and not row["is_classification"]

@@ -157,7 +157,9 @@ def self_instruct(
 
     def ask(prompt: str, temp: float) -> str:
         counts["requests"] += 1
-        reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}], temperature=temp, max_tokens=max_tokens)
+        # a per-request seed from the run's seed: the same command against the same server gives the same rows
+        reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}], temperature=temp, max_tokens=max_tokens,
+                                               seed=seed * 1_000_003 + counts["requests"])
         return reply.choices[0].message.content or ""
 
     bar = tqdm(total=num, initial=len(done), desc="self-instruct", unit="inst", file=sys.stderr)
