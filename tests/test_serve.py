@@ -79,12 +79,18 @@ def test_completions_greedy_equal_orizuru_generate(server, client, model_dir):
         assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == N
 
 
-def test_engine_batched_greedy_token_for_token(model_dir):
-    """Six requests in one engine batch (different lengths, one arriving mid-decode) give
-    `generate`'s tokens for each prompt alone."""
-    engine = Engine.from_dir(str(model_dir), device="cpu", max_batch=4, prefill_chunk=7).start()
+@pytest.mark.parametrize("chunk", [7, 128])
+def test_engine_batched_greedy_token_for_token(model_dir, chunk):
+    """Six requests in one engine batch (different lengths, two arriving mid-decode into freed,
+    non-adjacent slots) give `generate`'s tokens for each prompt alone: with 7-token prompt chunks
+    (a prompt over several steps), and with 128, longest first, so that shorter prompts are packed
+    beside it in one forward, right-padded."""
+    engine = Engine.from_dir(str(model_dir), device="cpu", max_batch=4, prefill_chunk=chunk).start()
     try:
         prompts = [completion_prompt(engine.tokenizer, t) for t in texts(6)]
+        if chunk == 128:
+            prompts = sorted(prompts, key=len, reverse=True)
+            assert len(prompts[0]) > len(prompts[-1]) and 3 * len(prompts[0]) <= chunk, [len(p) for p in prompts]
         events: queue.Queue = queue.Queue()
         reqs = [Request(p, SamplingParams(max_tokens=N, temperature=0.0, logprobs=True), lambda e, k=k: events.put((k, e)),
                         eos=engine.eos) for k, p in enumerate(prompts)]  # fmt: skip
@@ -297,7 +303,7 @@ def test_held_back_bytes_are_sent_at_eos_and_never_split(model_dir):
     for t in forced:
         logits = torch.full((engine.model.cfg.vocab_size,), -1e4)
         logits[t] = 0.0
-        engine._next(c, logits)
+        engine._advance([c], logits[None])
     texts = [e.text for e in events if isinstance(e, Delta)]
     assert "".join(texts) == "あ]" and all("\ufffd" not in t for t in texts)
     assert isinstance(events[-1], Finish) and events[-1].reason == "stop" and events[-1].completion_tokens == 4
