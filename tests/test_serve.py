@@ -109,6 +109,35 @@ def test_engine_batched_greedy_token_for_token(model_dir, chunk):
     assert got == [generate(model, [p], N, eos_id=engine.tokenizer.eos_id)[0] for p in prompts]
 
 
+def test_engine_decodes_across_a_prefilling_gap(model_dir):
+    """A request that finishes early frees slot 1 to a long prompt that prefills over several steps
+    while slots 0, 2, 3, 4 decode; the decode forward then covers slot 1 with a throwaway token
+    (one slice instead of a gather). Every request still gets `generate`'s tokens."""
+    engine = Engine.from_dir(str(model_dir), device="cpu", max_batch=5, prefill_chunk=7)
+    covered = []
+    decode = engine._decode
+    engine._decode = lambda batch: covered.append(batch[-1].slot + 1 - batch[0].slot > len(batch)) or decode(batch)
+    engine.start()
+    try:
+        prompts = sorted((completion_prompt(engine.tokenizer, t) for t in texts(6)), key=len)
+        budgets = [N, 3, N, N, N, N]  # the second ends early; the last (longest) prompt takes its slot
+        events: queue.Queue = queue.Queue()
+        for k, (p, n) in enumerate(zip(prompts, budgets)):
+            engine.submit(Request(p, SamplingParams(max_tokens=n, temperature=0.0, logprobs=True), lambda e, k=k: events.put((k, e)), eos=engine.eos))
+        got, done = [[] for _ in prompts], 0
+        while done < len(prompts):
+            k, e = events.get(timeout=60)
+            if isinstance(e, Delta):
+                got[k] += [t.id for t in e.tokens]
+            elif isinstance(e, Finish):
+                done += 1
+    finally:
+        engine.stop()
+    assert any(covered)
+    model = load_model(model_dir)
+    assert got == [generate(model, [p], n, eos_id=engine.tokenizer.eos_id)[0] for p, n in zip(prompts, budgets)]
+
+
 def test_streaming_usage_and_done(server, client):
     prompt = texts(1)[0]
     whole = complete(client, prompt).choices[0].text

@@ -246,9 +246,7 @@ class Engine:
         """One decode forward for every running slot, then one forward for this step's prompt chunks."""
         if self._running:
             batch = sorted(self._running, key=lambda c: c.slot)
-            ids = torch.tensor([[c.pending] for c in batch], device=self.device)
-            self.cache.rows = self._rows([c.slot for c in batch])
-            self._advance(batch, self.model(ids, cache=self.cache)[:, -1])
+            self._advance(batch, self._decode(batch))
         plan = self._prefill_plan()
         if plan:
             width = max(take for _, take in plan)  # shorter chunks are padded; their lengths are set back below
@@ -276,6 +274,26 @@ class Engine:
                 self._advance(ready, logits[rows])
         self._running = [c for c in self._running if not c.done]
         self.cache.rows = None
+
+    def _decode(self, batch: list[Choice]) -> torch.Tensor:
+        """Logits (B, V) of each running choice's next token, `batch` sorted by slot. A few free or
+        prefilling slots between running ones are decoded too, with a throwaway token, so the
+        forward's rows stay one slice (a gather copies every row's keys/values in every layer, which
+        costs more than a spare row while the gaps are at most a quarter of the batch); their
+        lengths are set back, so what they wrote lies past them and is overwritten before it is read."""
+        slots = [c.slot for c in batch]
+        lo, hi = slots[0], slots[-1] + 1
+        gaps = sorted(set(range(lo, hi)) - set(slots))
+        if not gaps or 4 * len(gaps) > len(batch):
+            self.cache.rows = self._rows(slots)
+            return self.model(torch.tensor([[c.pending] for c in batch], device=self.device), cache=self.cache)[:, -1]
+        pending = {c.slot: c.pending for c in batch}
+        ids = torch.tensor([[pending.get(s, 0)] for s in range(lo, hi)], device=self.device)
+        kept = self.cache.lengths[gaps].clone()
+        self.cache.rows = slice(lo, hi)
+        logits = self.model(ids, cache=self.cache)[:, -1]
+        self.cache.lengths[gaps] = kept
+        return logits[[s - lo for s in slots]]
 
     def _rows(self, slots: list[int]) -> torch.Tensor | slice:
         """The cache rows of a forward: a slice when they are contiguous (the rows' keys are then
