@@ -79,12 +79,18 @@ def test_completions_greedy_equal_orizuru_generate(server, client, model_dir):
         assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == N
 
 
-def test_engine_batched_greedy_token_for_token(model_dir):
-    """Six requests in one engine batch (different lengths, one arriving mid-decode) give
-    `generate`'s tokens for each prompt alone."""
-    engine = Engine.from_dir(str(model_dir), device="cpu", max_batch=4, prefill_chunk=7).start()
+@pytest.mark.parametrize("chunk", [7, 128])
+def test_engine_batched_greedy_token_for_token(model_dir, chunk):
+    """Six requests in one engine batch (different lengths, two arriving mid-decode into freed,
+    non-adjacent slots) give `generate`'s tokens for each prompt alone: with 7-token prompt chunks
+    (a prompt over several steps), and with 128, longest first, so that shorter prompts are packed
+    beside it in one forward, right-padded."""
+    engine = Engine.from_dir(str(model_dir), device="cpu", max_batch=4, prefill_chunk=chunk).start()
     try:
         prompts = [completion_prompt(engine.tokenizer, t) for t in texts(6)]
+        if chunk == 128:
+            prompts = sorted(prompts, key=len, reverse=True)
+            assert len(prompts[0]) > len(prompts[-1]) and 3 * len(prompts[0]) <= chunk, [len(p) for p in prompts]
         events: queue.Queue = queue.Queue()
         reqs = [Request(p, SamplingParams(max_tokens=N, temperature=0.0, logprobs=True), lambda e, k=k: events.put((k, e)),
                         eos=engine.eos) for k, p in enumerate(prompts)]  # fmt: skip
@@ -101,6 +107,35 @@ def test_engine_batched_greedy_token_for_token(model_dir):
         engine.stop()
     model = load_model(model_dir)
     assert got == [generate(model, [p], N, eos_id=engine.tokenizer.eos_id)[0] for p in prompts]
+
+
+def test_engine_decodes_across_a_prefilling_gap(model_dir):
+    """A request that finishes early frees slot 1 to a long prompt that prefills over several steps
+    while slots 0, 2, 3, 4 decode; the decode forward then covers slot 1 with a throwaway token
+    (one slice instead of a gather). Every request still gets `generate`'s tokens."""
+    engine = Engine.from_dir(str(model_dir), device="cpu", max_batch=5, prefill_chunk=7)
+    covered = []
+    decode = engine._decode
+    engine._decode = lambda batch: covered.append(batch[-1].slot + 1 - batch[0].slot > len(batch)) or decode(batch)
+    engine.start()
+    try:
+        prompts = sorted((completion_prompt(engine.tokenizer, t) for t in texts(6)), key=len)
+        budgets = [N, 3, N, N, N, N]  # the second ends early; the last (longest) prompt takes its slot
+        events: queue.Queue = queue.Queue()
+        for k, (p, n) in enumerate(zip(prompts, budgets)):
+            engine.submit(Request(p, SamplingParams(max_tokens=n, temperature=0.0, logprobs=True), lambda e, k=k: events.put((k, e)), eos=engine.eos))
+        got, done = [[] for _ in prompts], 0
+        while done < len(prompts):
+            k, e = events.get(timeout=60)
+            if isinstance(e, Delta):
+                got[k] += [t.id for t in e.tokens]
+            elif isinstance(e, Finish):
+                done += 1
+    finally:
+        engine.stop()
+    assert any(covered)
+    model = load_model(model_dir)
+    assert got == [generate(model, [p], n, eos_id=engine.tokenizer.eos_id)[0] for p, n in zip(prompts, budgets)]
 
 
 def test_streaming_usage_and_done(server, client):
@@ -297,7 +332,7 @@ def test_held_back_bytes_are_sent_at_eos_and_never_split(model_dir):
     for t in forced:
         logits = torch.full((engine.model.cfg.vocab_size,), -1e4)
         logits[t] = 0.0
-        engine._next(c, logits)
+        engine._advance([c], logits[None])
     texts = [e.text for e in events if isinstance(e, Delta)]
     assert "".join(texts) == "あ]" and all("\ufffd" not in t for t in texts)
     assert isinstance(events[-1], Finish) and events[-1].reason == "stop" and events[-1].completion_tokens == 4

@@ -35,6 +35,12 @@ def sample_next(
     softmax(logits / temperature) restricted to the top-k tokens and the top-p nucleus."""
     if temperature == 0.0:
         return logits.argmax(-1)
+    return torch.multinomial(sample_probs(logits, temperature, top_k, top_p), 1, generator=generator).squeeze(-1)
+
+
+def sample_probs(logits: torch.Tensor, temperature: float, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """The distribution `sample_next` draws from (temperature > 0), per row of logits (B, V); each
+    row's probabilities depend on that row alone, so rows sharing settings are computed together."""
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
@@ -47,8 +53,7 @@ def sample_next(
         drop = before >= top_p
         drop[:, 0] = False
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return logits.softmax(-1)
 
 
 def _find_stop(text: str, stop_strings: list[str]) -> int:

@@ -76,9 +76,10 @@ class KVCache:
     v: torch.Tensor
     length: int = 0  # positions filled so far (shared by the whole batch)
     # Serving (continuous batching): each row of the cache is a slot at its own length, and a
-    # forward's batch rows are the cache rows `rows` (None: all). See `slots` and `write_rows`.
+    # forward's batch rows are the cache rows `rows` (None: all; a slice: contiguous rows, read
+    # as views without a copy). See `slots` and `write_rows`.
     lengths: torch.Tensor | None = None
-    rows: torch.Tensor | None = None
+    rows: torch.Tensor | slice | None = None
 
     @classmethod
     def empty(cls, cfg: ModelConfig, batch: int, max_len: int, device, dtype) -> "KVCache":
@@ -101,13 +102,16 @@ class KVCache:
         """Store new keys/values (B, H, T, D) at each row's own length; return the rows' keys and
         values up to the longest of them (B, H, S, D). Lengths advance in `Llama.forward`."""
         start, T = self.row_starts(), k.size(2)
-        rows = torch.arange(k.size(0), device=k.device) if self.rows is None else self.rows
+        rows = self.rows
+        if rows is None or isinstance(rows, slice):
+            rows = torch.arange(k.size(0), device=k.device) + (0 if rows is None else rows.start or 0)
         pos = start[:, None] + torch.arange(T, device=k.device)
         self.k[layer][rows[:, None], :, pos] = k.transpose(1, 2)
         self.v[layer][rows[:, None], :, pos] = v.transpose(1, 2)
         span = int(start.max()) + T
-        if self.rows is None:
-            return self.k[layer, :, :, :span], self.v[layer, :, :, :span]
+        if self.rows is None or isinstance(self.rows, slice):  # a view: no copy of the rows' keys
+            view = slice(None) if self.rows is None else self.rows
+            return self.k[layer, view, :, :span], self.v[layer, view, :, :span]
         return self.k[layer, self.rows, :, :span], self.v[layer, self.rows, :, :span]
 
 

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from orizuru.model.checkpoint import check_tokenizer_matches, generation_ids, load_model
-from orizuru.model.generate import StreamPrinter, _find_stop, _trim_to, sample_next
+from orizuru.model.generate import StreamPrinter, _find_stop, _trim_to, sample_probs
 from orizuru.model.llama import KVCache, Llama
 from orizuru.runtime import inference_device
 from orizuru.serve.metrics import Metrics
@@ -243,46 +243,117 @@ class Engine:
 
     @torch.inference_mode()
     def _step(self) -> None:
+        """One decode forward for every running slot, then one forward for this step's prompt chunks."""
         if self._running:
-            batch = self._running
-            ids = torch.tensor([[c.pending] for c in batch], device=self.device)
-            self.cache.rows = torch.tensor([c.slot for c in batch], device=self.device)
-            logits = self.model(ids, cache=self.cache)[:, -1]
-            for c, row in zip(batch, logits):
-                self._next(c, row)
-        budget = self.prefill_chunk
-        for r in list(self._prefilling):
-            if budget <= 0:
-                break
-            take = min(budget, len(r.prompt) - r.prefilled)
-            chunk = torch.tensor([r.prompt[r.prefilled : r.prefilled + take]], device=self.device)
-            self.cache.rows = torch.tensor([r.choices[0].slot], device=self.device)
-            logits = self.model(chunk, cache=self.cache, last_only=True)[0, -1]
-            r.prefilled += take
-            budget -= take
-            if r.prefilled == len(r.prompt):
-                self._prefilling.remove(r)
-                src, n = r.choices[0].slot, len(r.prompt)
-                for c in r.choices[1:]:  # n > 1: one prefill, copied
-                    self.cache.k[:, c.slot, :, :n] = self.cache.k[:, src, :, :n]
-                    self.cache.v[:, c.slot, :, :n] = self.cache.v[:, src, :, :n]
-                    self.cache.lengths[c.slot] = n
-                self._running.extend(r.choices)
-                for c in r.choices:
-                    self._next(c, logits)
+            batch = sorted(self._running, key=lambda c: c.slot)
+            self._advance(batch, self._decode(batch))
+        plan = self._prefill_plan()
+        if plan:
+            width = max(take for _, take in plan)  # shorter chunks are padded; their lengths are set back below
+            ids = torch.tensor([r.prompt[r.prefilled : r.prefilled + take] + [0] * (width - take) for r, take in plan], device=self.device)
+            self.cache.rows = self._rows([r.choices[0].slot for r, _ in plan])
+            hidden = self.model(ids, cache=self.cache, return_hidden=True)
+            last = torch.tensor([take - 1 for _, take in plan], device=self.device)
+            logits = self.model.lm_head(hidden[torch.arange(len(plan), device=self.device), last])
+            ready, rows = [], []
+            for i, (r, take) in enumerate(plan):
+                r.prefilled += take
+                src = r.choices[0].slot
+                self.cache.lengths[src] = r.prefilled  # keys of the padding lie past it, masked
+                if r.prefilled == len(r.prompt):
+                    self._prefilling.remove(r)
+                    n = len(r.prompt)
+                    for c in r.choices[1:]:  # n > 1: one prefill, copied
+                        self.cache.k[:, c.slot, :, :n] = self.cache.k[:, src, :, :n]
+                        self.cache.v[:, c.slot, :, :n] = self.cache.v[:, src, :, :n]
+                        self.cache.lengths[c.slot] = n
+                    self._running.extend(r.choices)
+                    ready += r.choices
+                    rows += [i] * len(r.choices)
+            if ready:
+                self._advance(ready, logits[rows])
         self._running = [c for c in self._running if not c.done]
         self.cache.rows = None
 
-    def _next(self, c: Choice, logits: torch.Tensor) -> None:
-        """Sample choice `c`'s next token from its logits (V,) and send what became final."""
+    def _decode(self, batch: list[Choice]) -> torch.Tensor:
+        """Logits (B, V) of each running choice's next token, `batch` sorted by slot. A few free or
+        prefilling slots between running ones are decoded too, with a throwaway token, so the
+        forward's rows stay one slice (a gather copies every row's keys/values in every layer, which
+        costs more than a spare row while the gaps are at most a quarter of the batch); their
+        lengths are set back, so what they wrote lies past them and is overwritten before it is read."""
+        slots = [c.slot for c in batch]
+        lo, hi = slots[0], slots[-1] + 1
+        gaps = sorted(set(range(lo, hi)) - set(slots))
+        if not gaps or 4 * len(gaps) > len(batch):
+            self.cache.rows = self._rows(slots)
+            return self.model(torch.tensor([[c.pending] for c in batch], device=self.device), cache=self.cache)[:, -1]
+        pending = {c.slot: c.pending for c in batch}
+        ids = torch.tensor([[pending.get(s, 0)] for s in range(lo, hi)], device=self.device)
+        kept = self.cache.lengths[gaps].clone()
+        self.cache.rows = slice(lo, hi)
+        logits = self.model(ids, cache=self.cache)[:, -1]
+        self.cache.lengths[gaps] = kept
+        return logits[[s - lo for s in slots]]
+
+    def _rows(self, slots: list[int]) -> torch.Tensor | slice:
+        """The cache rows of a forward: a slice when they are contiguous (the rows' keys are then
+        read as views; a gather copies them every layer), else an index tensor."""
+        if slots == list(range(slots[0], slots[0] + len(slots))):
+            return slice(slots[0], slots[0] + len(slots))
+        return torch.tensor(slots, device=self.device)
+
+    def _prefill_plan(self) -> list[tuple[Request, int]]:
+        """This step's prompt chunks, (request, tokens), sorted by slot, for one forward: the oldest
+        waiting prompt sets the width (up to `prefill_chunk` tokens), later ones join with at most
+        that many while rows x width stays within `prefill_chunk` and no padded row passes the cache's end."""
+        plan: list[tuple[Request, int]] = []
+        width = 0
+        for r in self._prefilling:
+            left = len(r.prompt) - r.prefilled
+            if not plan:
+                width = min(left, self.prefill_chunk)
+            elif (len(plan) + 1) * width > self.prefill_chunk or r.prefilled + width > self.max_seq_len:
+                break
+            plan.append((r, min(left, width)))
+        return sorted(plan, key=lambda rt: rt[0].choices[0].slot)
+
+    def _advance(self, choices: list[Choice], logits: torch.Tensor) -> None:
+        """Sample each choice's next token from its row of logits (R, V) and send what became final.
+
+        Rows sharing sampling settings are sampled together: greedy rows by one argmax, others through
+        one `sample_probs` and then a draw per row from that choice's own generator (so a seeded
+        choice draws the same alone or beside others). Token ids and logprobs reach the host once."""
+        groups: dict[tuple, list[int]] = {}
+        for i, c in enumerate(choices):
+            p = c.request.params
+            groups.setdefault((p.temperature, p.top_k, p.top_p), []).append(i)
+        picked = torch.empty(len(choices), dtype=torch.long, device=logits.device)
+        for (temperature, top_k, top_p), idx in groups.items():
+            rows = logits if len(idx) == len(choices) else logits[idx]
+            if temperature == 0.0:
+                picked[idx] = rows.argmax(-1)
+            else:
+                probs = sample_probs(rows, temperature, top_k, top_p)
+                picked[idx] = torch.cat([torch.multinomial(probs[j], 1, generator=choices[i].generator) for j, i in enumerate(idx)])
+        ids = picked.tolist()
+        tokens: list[list[Token]] = [[] for _ in choices]
+        want = [i for i, c in enumerate(choices) if c.request.params.logprobs]
+        if want:
+            lp = torch.log_softmax(logits[want].float(), -1)
+            chosen = lp.gather(-1, picked[want, None])[:, 0].tolist()
+            k = max(choices[i].request.params.top_logprobs for i in want)
+            top = torch.topk(lp, k) if k else None
+            top_ids, top_lps = (top.indices.tolist(), top.values.tolist()) if top is not None else ([], [])
+            for j, i in enumerate(want):
+                n = choices[i].request.params.top_logprobs
+                pairs = list(zip(top_ids[j][:n], top_lps[j][:n])) if n else []
+                tokens[i] = [Token(ids[i], chosen[j], pairs)]
+        for c, t, toks in zip(choices, ids, tokens):
+            self._accept(c, t, toks)
+
+    def _accept(self, c: Choice, t: int, tokens: list[Token]) -> None:
+        """Choice `c` sampled token `t` (with its logprobs, when asked for): send what became final."""
         r, p = c.request, c.request.params
-        t = int(sample_next(logits[None], p.temperature, p.top_k, p.top_p, c.generator)[0])
-        tokens = []
-        if p.logprobs:
-            lp = torch.log_softmax(logits.float(), -1)
-            top = torch.topk(lp, p.top_logprobs) if p.top_logprobs else None
-            pairs = list(zip(top.indices.tolist(), top.values.tolist())) if top is not None else []
-            tokens = [Token(t, float(lp[t]), pairs)]
         now = time.perf_counter()
         if r.first_token is None:
             r.first_token = now
