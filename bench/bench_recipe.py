@@ -31,6 +31,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from orizuru.config import load_config, validate
+from orizuru.demo.run import _pieces  # the demo's ~2,000-character documents
 from orizuru.files import read_jsonl, write_json
 from orizuru.model.checkpoint import model_config_to_hf
 from orizuru.resources import CONFIGS, DATA
@@ -39,21 +40,6 @@ from orizuru.train.batches import Source, TokenBatches, val_batches
 from orizuru.train.config import PretrainConfig
 from orizuru.train.pretrain import pretrain
 from orizuru.train.tokenize import read_meta, token_bytes, tokenize_files
-
-CHUNK = 2000
-
-
-def _chunks(text: str) -> list[str]:
-    out, piece, size = [], [], 0
-    for line in text.split("\n"):
-        piece.append(line)
-        size += len(line)
-        if size >= CHUNK:
-            out.append("\n".join(piece).strip())
-            piece, size = [], 0
-    if size >= CHUNK // 5:
-        out.append("\n".join(piece).strip())
-    return out
 
 
 def prepare(work: Path, vocab: int, every: int, seed: int) -> Path:
@@ -66,7 +52,7 @@ def prepare(work: Path, vocab: int, every: int, seed: int) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     train, held = [], []
     for i, text in enumerate(iter_texts([DATA / "sample" / "aozora.jsonl"])):
-        (held if i % every == 0 else train).extend(_chunks(text))
+        (held if i % every == 0 else train).extend(_pieces(text))
     articles: dict[str, list[str]] = {}
     for row in read_jsonl(DATA / "sample" / "wiki.jsonl"):
         articles.setdefault(row["title"], []).append(row["text"])

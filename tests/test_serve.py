@@ -45,6 +45,18 @@ def client(server):
     return openai.OpenAI(base_url=f"{server}/v1", api_key="none", max_retries=0, timeout=60)
 
 
+def collect(events: queue.Queue, n: int) -> list[list[int]]:
+    """Token ids per request from (index, event) pairs until all n requests finished."""
+    got, done = [[] for _ in range(n)], 0
+    while done < n:
+        k, e = events.get(timeout=60)
+        if isinstance(e, Delta):
+            got[k] += [t.id for t in e.tokens]
+        elif isinstance(e, Finish):
+            done += 1
+    return got
+
+
 def texts(n: int = 4) -> list[str]:
     return [t[: 8 + 5 * i] for i, t in enumerate(ja_texts(n))]
 
@@ -96,13 +108,7 @@ def test_engine_batched_greedy_token_for_token(model_dir, chunk):
                         eos=engine.eos) for k, p in enumerate(prompts)]  # fmt: skip
         for r in reqs:
             engine.submit(r)
-        got, done = [[] for _ in prompts], 0
-        while done < len(prompts):
-            k, e = events.get(timeout=60)
-            if isinstance(e, Delta):
-                got[k] += [t.id for t in e.tokens]
-            elif isinstance(e, Finish):
-                done += 1
+        got = collect(events, len(prompts))
     finally:
         engine.stop()
     model = load_model(model_dir)
@@ -124,13 +130,7 @@ def test_engine_decodes_across_a_prefilling_gap(model_dir):
         events: queue.Queue = queue.Queue()
         for k, (p, n) in enumerate(zip(prompts, budgets)):
             engine.submit(Request(p, SamplingParams(max_tokens=n, temperature=0.0, logprobs=True), lambda e, k=k: events.put((k, e)), eos=engine.eos))
-        got, done = [[] for _ in prompts], 0
-        while done < len(prompts):
-            k, e = events.get(timeout=60)
-            if isinstance(e, Delta):
-                got[k] += [t.id for t in e.tokens]
-            elif isinstance(e, Finish):
-                done += 1
+        got = collect(events, len(prompts))
     finally:
         engine.stop()
     assert any(covered)
