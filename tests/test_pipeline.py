@@ -137,6 +137,9 @@ def test_tiny_pipeline_end_to_end_and_report_schema(tiny_run):
     pre = next(s for s in report["stages"] if s["name"] == "pretrain")
     assert pre["metrics"]["tokens"] == 40 * 4 * 32 and pre["metrics"]["val_loss"] < pre["metrics"]["train_loss"] + 1
     assert set(report["losses"]) == {"pretrain", "sft", "dpo"} and len(report["losses"]["pretrain"]) == 8
+    task = json.loads((out / "eval_base" / "results.json").read_text())["tasks"]["jcommonsenseqa"]
+    score = next(s for s in report["stages"] if s["name"] == "eval_base")["metrics"]["score_jcommonsenseqa"]
+    assert task["metric"] == "acc" and score == task["metrics"]["acc"]  # the task's primary metric, not None
     md = (out / "report.md").read_text()
     for heading in ("## Environment", "## Stages", "## Corpus", "## Pre-training", "## Scaling-law check", "## Evaluation",
                     "## Contamination", "## Samples", "## Cost and energy"):

@@ -39,7 +39,8 @@ def _pieces(text: str) -> list[str]:
 def sample_documents(path: Path) -> Path:
     """The licensed training text as web-page-sized documents: the demo's data mixture.
 
-    Every shipped Aozora work (data/sample and the corpus tests' data/ja_text, each work once), cut
+    Every shipped Aozora work (data/sample, the corpus tests' data/ja_text and the scaling sweep's
+    data/scaling: the shared collection's 351 works, each once), cut
     at line breaks into ~2,000-character pieces (a whole novel trips the Gopher repetition rules
     simply by being long); Wikipedia paragraphs joined per article; and, as plain text, the train
     splits of the question sets (JCommonsenseQA train questions with their answers, the Japanese
@@ -50,7 +51,7 @@ def sample_documents(path: Path) -> Path:
 
     docs: list[str] = []
     seen: set[str] = set()
-    for file in (SAMPLE / "aozora.jsonl", DATA / "ja_text" / "aozora.jsonl.gz"):
+    for file in (SAMPLE / "aozora.jsonl", DATA / "ja_text" / "aozora.jsonl.gz", DATA / "scaling" / "aozora_more.jsonl.gz"):
         for row in read_jsonl_any(file):
             if row["id"] not in seen:
                 seen.add(row["id"])

@@ -210,7 +210,7 @@ def _summarize(task: Task, records: list[dict], shots: int, settings: EvalConfig
     base = by_variant.get((first_template, 0), [])
     out = {
         "method": task.method, "n": len(base), "shots": shots, "template": first_template, "seed": settings.seed,
-        "samples": settings.samples, "metrics": scores_of(base) if base else {},
+        "samples": settings.samples, "metric": task.metrics[0], "metrics": scores_of(base) if base else {},
         "stderr": {m: M.std_error([r["scores"][m] for r in base]) for m in (scores_of(base) if base else {})},
         "truncated_examples": sum(1 for r in base if r.get("truncated")),
         "has_choices": task.choices is not None or "choices" in task.fields,  # --permute-choices applies

@@ -207,7 +207,7 @@ def _dpo_demo(cfg: DemoPost, ctx: Context) -> Result:
 
 def _eval(cfg: EvalConfig, ctx: Context) -> Result:
     results = evaluate(cfg)
-    scores = {name: r.get("score") for name, r in results["tasks"].items() if name in cfg.task_list()}
+    scores = {name: r["metrics"].get(r["metric"]) for name, r in results["tasks"].items() if name in cfg.task_list()}
     return Result({"tasks": len(scores), **{f"score_{k}": v for k, v in scores.items()}},
                   {"dir": cfg.output, "results": str(Path(cfg.output) / "results.json")}, {"results": results})
 
