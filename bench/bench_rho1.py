@@ -34,12 +34,13 @@ from bench_recipe import interp, orizuru_rows, tokens_to_reach
 from orizuru.config import load_config
 from orizuru.demo.run import _pieces  # the demo's ~2,000-character documents
 from orizuru.files import read_jsonl
-from orizuru.model.checkpoint import save_model
+from orizuru.model.checkpoint import load_model, save_model
 from orizuru.model.flops import count_params, flops_per_token
 from orizuru.model.llama import Llama
 from orizuru.resources import DATA
 from orizuru.tokenizer.tokenizer import Tokenizer, iter_texts, train_bpe_dir
 from orizuru.train.config import PretrainConfig
+from orizuru.train.loss import lm_loss, selective_lm_loss
 from orizuru.train.pretrain import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +74,29 @@ def arm(work: Path, name: str, data: Path, overrides: list[str], steps: int) -> 
     if "selected_frac" in rows[-1]:
         out["selected_frac"] = rows[-1]["selected_frac"]
     return out
+
+
+def step_cost(cfg: PretrainConfig, ref_dir: Path, reps: int = 15) -> dict:
+    """Forward + backward of one batch, plain loss vs Rho-1's (reference forward included), timed
+    interleaved in one process, so the machine's other load hits both alike (medians)."""
+    model, ref = Llama(cfg.model), load_model(ref_dir).requires_grad_(False)
+    model.init_weights(seed=0)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, cfg.model.vocab_size, (cfg.train.batch_size, cfg.train.seq_len + 1), generator=g)
+    x, y = ids[:, :-1], ids[:, 1:]
+    runs = {"plain": lambda: lm_loss(model, x, y, cfg.train, None).backward(),
+            "rho1": lambda: selective_lm_loss(model, ref, x, y, cfg.train, None)[0].backward()}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for i in range(reps + 2):
+        for k, f in runs.items():
+            t0 = time.perf_counter()
+            f()
+            if i >= 2:  # warm-up
+                times[k].append(time.perf_counter() - t0)
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    tokens = cfg.train.batch_size * cfg.train.seq_len
+    return {"plain_tokens_per_s": round(tokens / med["plain"], 1), "rho1_tokens_per_s": round(tokens / med["rho1"], 1),
+            "tokens_per_s_ratio": round(med["plain"] / med["rho1"], 4), "reps": reps}
 
 
 def main() -> None:
@@ -138,10 +162,18 @@ def main() -> None:
                             val_bpb_at_plain_train_s=None if at_wall is None else round(at_wall, 4))
         secs = result[name]["seconds_to_plain_final"]
         result[name]["time_ratio_to_plain"] = None if secs is None else round(secs / plain["train_s"], 4)
-    result["rho1_vs_plain"] = {"val_loss_equal_tokens": [rho1["final_val_loss"], plain["final_val_loss"]],
-                               "token_ratio_to_reach_plain_final": result["rho1"]["token_ratio_to_plain"],
-                               "tokens_per_s_ratio": round(rho1["tokens_per_s"] / plain["tokens_per_s"], 4),
-                               "time_ratio_to_reach_plain_final": result["rho1"]["time_ratio_to_plain"]}
+    cost = step_cost(rho1["cfg"], work / "ref" / "model")
+    token_ratio = result["rho1"]["token_ratio_to_plain"]
+    secs = result["rho1"]["seconds_to_plain_final"]
+    result["rho1_vs_plain"] = {
+        "val_loss_equal_tokens": [rho1["final_val_loss"], plain["final_val_loss"]],
+        "token_ratio_to_reach_plain_final": token_ratio,
+        "tokens_per_s_ratio_in_runs": round(rho1["tokens_per_s"] / plain["tokens_per_s"], 4),  # arms at different times: load noise
+        "time_ratio_to_reach_plain_final_in_runs": result["rho1"]["time_ratio_to_plain"],
+        "step_cost_interleaved": cost,
+        "time_ratio_to_reach_plain_final_at_interleaved_cost": None if token_ratio is None else round(token_ratio / cost["tokens_per_s_ratio"], 4),
+        "time_ratio_including_reference_training": None if secs is None else round((secs + ref["train_s"]) / plain["train_s"], 4),
+    }
     print(json.dumps(result))
 
 
