@@ -167,3 +167,33 @@ def test_rho1_beats_plain_on_clean_validation_of_a_noisy_corpus(tmp_path, tiny_t
     assert rho1[-1][1] < target - 0.03, (plain, rho1)
     reached = next(t for t, v in rho1 if v <= target)
     assert reached <= 0.8 * plain[-1][0], (plain, rho1)
+
+
+def test_two_processes_select_as_one_with_accumulation(tmp_path, tiny_shards_dir, tiny_tokenizer_dir):
+    """Selection is per micro-batch and the step divides by the all-reduced selected count: 2 DDP
+    ranks x batch 4 (each with its own reference copy) train as 1 process x batch 4 x 2 micro-steps.
+    ~7 s on the shared 2-core machine (torchrun's start is most of it)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from safetensors.torch import load_file
+
+    ref = _ref_dir(tmp_path / "ref", Tokenizer.load(tiny_tokenizer_dir))
+    common = {"train.select_ref": f'"{ref}"', "train.max_steps": 6, "train.select_ratio": 0.5}
+    one = tmp_path / "one"
+    pretrain(load_config(PretrainConfig, overrides=tiny_overrides(tiny_shards_dir, one, **common, **{"train.grad_accum": 2})))
+    two = tmp_path / "two"
+    sets = sum((["--set", o] for o in tiny_overrides(tiny_shards_dir, two, **common)), [])
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29541", "-m", "orizuru.cli", "pretrain", *sets]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = (read_jsonl(d / "metrics.jsonl") for d in (one, two))
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 7))
+    for ra, rb in zip(a, b):
+        assert ra["selected_frac"] == rb["selected_frac"] == pytest.approx(64 / 128)
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4)
+    wa, wb = load_file(one / "model" / "model.safetensors"), load_file(two / "model" / "model.safetensors")
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
