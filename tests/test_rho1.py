@@ -16,7 +16,7 @@ from orizuru.model.config import ModelConfig
 from orizuru.model.llama import Llama
 from orizuru.post.finetune import PostTrain
 from orizuru.tokenizer.tokenizer import Tokenizer, train_bpe
-from orizuru.train.batches import Source, val_batches
+from orizuru.train.batches import Source, TokenBatches, val_batches
 from orizuru.train.config import PretrainConfig, TrainConfig
 from orizuru.train.loss import lm_loss, select_tokens, selective_lm_loss
 from orizuru.train.pretrain import pretrain
@@ -131,6 +131,13 @@ def test_pretrain_with_select_ref_logs_selected_frac_and_saves_a_llama(tmp_path,
     # 4 x 32 = 128 targets per micro-batch, ceil(0.6 x 128) = 77 selected in each
     assert all(r["selected_frac"] == pytest.approx(77 / 128, abs=1e-6) for r in rows)
     assert rows[-1]["loss"] < rows[0]["loss"]
+    # step 1's logged loss is the selected tokens' mean over both micro-batches, recomputed from the initial weights
+    start = Llama(cfg.model)
+    start.init_weights(seed=cfg.train.seed)
+    batches = TokenBatches([Source(tiny_shards_dir, "train", 32)], [1.0], 4, 2, 1, cfg.train.seed)
+    sums = [selective_lm_loss(start, load_model(ref), *map(torch.from_numpy, batches.batch(0, micro, 0)), cfg.train, None)
+            for micro in range(2)]
+    assert rows[0]["loss"] == pytest.approx(sum(s[0].item() for s in sums) / sum(int(s[1]) for s in sums), rel=1e-5)
     hf = LlamaForCausalLM.from_pretrained(run / "model").eval()
     ours = load_model(run / "model")
     # validation is the plain cross-entropy over every held-out target, as transformers computes it
@@ -169,9 +176,10 @@ def test_rho1_beats_plain_on_clean_validation_of_a_noisy_corpus(tmp_path, tiny_t
     assert reached <= 0.8 * plain[-1][0], (plain, rho1)
 
 
-def test_two_processes_select_as_one_with_accumulation(tmp_path, tiny_shards_dir, tiny_tokenizer_dir):
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
+def test_two_processes_select_as_one_with_accumulation(tmp_path, tiny_shards_dir, tiny_tokenizer_dir, fsdp):
     """Selection is per micro-batch and the step divides by the all-reduced selected count: 2 DDP
-    ranks x batch 4 (each with its own reference copy) train as 1 process x batch 4 x 2 micro-steps.
+    (or FSDP2) ranks x batch 4 (each with its own reference copy) train as 1 process x batch 4 x 2 micro-steps.
     ~7 s on the shared 2-core machine (torchrun's start is most of it)."""
     import os
     import subprocess
@@ -185,9 +193,9 @@ def test_two_processes_select_as_one_with_accumulation(tmp_path, tiny_shards_dir
     one = tmp_path / "one"
     pretrain(load_config(PretrainConfig, overrides=tiny_overrides(tiny_shards_dir, one, **common, **{"train.grad_accum": 2})))
     two = tmp_path / "two"
-    sets = sum((["--set", o] for o in tiny_overrides(tiny_shards_dir, two, **common)), [])
+    sets = sum((["--set", o] for o in tiny_overrides(tiny_shards_dir, two, **common, **{"train.fsdp": str(fsdp).lower()})), [])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29541", "-m", "orizuru.cli", "pretrain", *sets]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(29541 + fsdp), "-m", "orizuru.cli", "pretrain", *sets]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = (read_jsonl(d / "metrics.jsonl") for d in (one, two))
