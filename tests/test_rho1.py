@@ -99,10 +99,11 @@ def test_bad_select_ref_and_ratio_name_the_key(tmp_path, tiny_shards_dir, tiny_t
     for ratio in ("0", "-0.5", "1.5"):
         with pytest.raises(ConfigError, match=r"^config key 'train.select_ratio' must be in \(0, 1\]"):
             load(**{"train.select_ratio": ratio})
+    # the directory is checked when the run starts (a pipeline's earlier stage may build it), before any training
     with pytest.raises(ConfigError, match=r"^config key 'train.select_ref': .*nowhere does not exist"):
-        load(**{"train.select_ref": f'"{tmp_path / "nowhere"}"'})
+        pretrain(load(**{"train.select_ref": f'"{tmp_path / "nowhere"}"'}))
     with pytest.raises(ConfigError, match=r"^config key 'train.select_ref': .* has no config.json"):
-        load(**{"train.select_ref": f'"{tiny_tokenizer_dir}"'})
+        pretrain(load(**{"train.select_ref": f'"{tiny_tokenizer_dir}"'}))
     # another tokenizer of the same size: refused by its tokenizer.json, before any training
     other = Tokenizer(train_bpe(sample_texts(600)[300:], 512, show_progress=False))
     cfg = load(**{"train.select_ref": f'"{_ref_dir(tmp_path / "other", other)}"'})
@@ -112,7 +113,7 @@ def test_bad_select_ref_and_ratio_name_the_key(tmp_path, tiny_shards_dir, tiny_t
     small = _ref_dir(tmp_path / "small", None, vocab_size=256)
     with pytest.raises(ConfigError, match=r"^config key 'train.select_ref': .* has vocab_size 256, the run's model 512"):
         pretrain(load(**{"train.select_ref": f'"{small}"'}))
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
     # post-training stages do not select tokens: a set key is refused, not ignored
     with pytest.raises(ConfigError, match="'train.select_ref' is not used by this stage"):
         PostTrain(select_ref=str(small)).validate()
@@ -205,3 +206,33 @@ def test_two_processes_select_as_one_with_accumulation(tmp_path, tiny_shards_dir
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4)
     wa, wb = load_file(one / "model" / "model.safetensors"), load_file(two / "model" / "model.safetensors")
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+
+
+def test_a_pipeline_stage_can_name_its_reference_stage(tmp_path, tiny_tokenizer_dir):
+    """`train.select_ref` is a stage input: it may name an earlier pretrain stage, whose model is then
+    checked for only when this stage runs, and which this stage's hash depends on."""
+    from orizuru.pipeline.plan import load_pipeline
+
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(f'{{"text": "文書{i}です。"}}\n' for i in range(20)), encoding="utf-8")
+    train = "train = {{ seq_len = 32, batch_size = 4, max_steps = 4{extra} }}"
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(f"""
+[run]
+out_dir = "{tmp_path / 'out'}"
+
+[tokenize]
+tokenizer = "{tiny_tokenizer_dir}"
+input = ["{corpus}"]
+
+[pretrain]
+data.dirs = ["tokenize"]
+{train.format(extra="")}
+
+[pretrain_rho1]
+data.dirs = ["tokenize"]
+{train.format(extra=', select_ref = "pretrain", select_ratio = 0.5')}
+""", encoding="utf-8")
+    stages = {s.name: s for s in load_pipeline(pipeline).stages}
+    assert stages["pretrain_rho1"].deps == ["tokenize", "pretrain"]
+    assert stages["pretrain_rho1"].hash != stages["pretrain"].hash

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from orizuru.config import ConfigError
@@ -68,9 +67,6 @@ class TrainConfig:
             raise ConfigError("config keys 'train.beta1' and 'train.beta2' must be in [0, 1)")
         if not 0 < self.select_ratio <= 1:
             raise ConfigError(f"config key 'train.select_ratio' must be in (0, 1], got {self.select_ratio}")
-        if self.select_ref and not (Path(self.select_ref) / "config.json").is_file():
-            what = "has no config.json" if Path(self.select_ref).is_dir() else "does not exist"
-            raise ConfigError(f"config key 'train.select_ref': {self.select_ref} {what} (expected a HF Llama model directory)")
 
 
 @dataclass

@@ -67,6 +67,9 @@ def load_reference(cfg: PretrainConfig, data_meta: dict, tokenizer: Tokenizer, d
     device. Under DDP/FSDP2 every rank holds its own full copy: it only runs forward, and a
     reference is small next to the model being trained."""
     ref_dir = Path(cfg.train.select_ref)
+    if not (ref_dir / "config.json").is_file():  # checked here, not at load: a pipeline's reference is built by an earlier stage
+        what = "has no config.json" if ref_dir.is_dir() else "does not exist"
+        raise ConfigError(f"config key 'train.select_ref': {ref_dir} {what} (expected a HF Llama model directory)")
     ref_tok = ref_dir / "tokenizer.json"
     ref = load_model(ref_dir, device="cpu")
     if ref_tok.exists() and file_sha256(ref_tok) != data_meta["tokenizer_sha256"]:
