@@ -279,7 +279,7 @@ KINDS: dict[str, dict[str, Variant]] = {
     },
     "tokenize": {"tokenize": Variant(TokenizeConfig, _tokenize, ("tokenizer", "input"), "output", _paths("output"))},
     "resize": {"resize": Variant(ModelResize, _resize, ("model", "tokenizer"), "output", _paths("output"))},
-    "pretrain": {"pretrain": Variant(PretrainConfig, _pretrain, ("data.dirs", "train.init_from"), "run.dir", _run_dir, "model")},
+    "pretrain": {"pretrain": Variant(PretrainConfig, _pretrain, ("data.dirs", "train.init_from", "train.select_ref"), "run.dir", _run_dir, "model")},
     "sft": {
         "sft": Variant(SFTConfig, _sft, ("model", "data.train", "data.val"), "run.dir", _run_dir, "model"),
         "demo": Variant(DemoPost, _sft_demo, ("model",), "output", _paths("output"), "model"),

@@ -69,6 +69,7 @@ class PostTrain(TrainConfig):
 
     def validate(self) -> None:
         reject_unused(self, ("init_from", "eval_batches"), "the starting model is the stage's `model`; validation uses the whole held-out set")
+        reject_unused(self, ("select_ref", "select_ratio"), "Rho-1 token selection is a pre-training option")
         if self.max_steps < 0:
             raise ConfigError(f"config key 'train.max_steps' must be >= 0, got {self.max_steps}")
         TrainConfig.validate(replace(self, max_steps=max(1, self.max_steps)))

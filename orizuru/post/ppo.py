@@ -180,6 +180,7 @@ class PPOTrain(TrainConfig):
         reject_unused(self, ("seq_len", "grad_accum", "eval_every", "eval_batches", "init_from"),
                       "lengths come from the prompts and ppo.max_new_tokens; each minibatch is one update; there is no held-out pass")
         reject_unused(self, ("fsdp",), "rollouts decode with the whole policy on every process; DDP is used under torchrun")
+        reject_unused(self, ("select_ref", "select_ratio"), "Rho-1 token selection is a pre-training option")
         super().validate()
 
 

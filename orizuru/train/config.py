@@ -44,6 +44,8 @@ class TrainConfig:
     decay_frac: float = 0.2  # wsd: fraction of max_steps spent decaying to min_lr_ratio * lr
     z_loss: float = 0.0  # weight of PaLM's z-loss, mean(logsumexp(logits)^2), added to the training loss
     doc_mask: bool = False  # attend only within each packed document (documents start at BOS), positions restart
+    select_ref: str = ""  # Rho-1: HF Llama dir of a reference model (same tokenizer); train only on the tokens of highest excess loss
+    select_ratio: float = 0.6  # Rho-1: share of each micro-batch's targets trained on (top by model loss - reference loss)
 
     def validate(self) -> None:
         for key in ("seq_len", "batch_size", "grad_accum", "max_steps", "log_every", "eval_every", "ckpt_every", "eval_batches"):
@@ -63,6 +65,8 @@ class TrainConfig:
             raise ConfigError("config key 'train.z_loss' must be >= 0 and 'train.muon_lr_scale' > 0")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ConfigError("config keys 'train.beta1' and 'train.beta2' must be in [0, 1)")
+        if not 0 < self.select_ratio <= 1:
+            raise ConfigError(f"config key 'train.select_ratio' must be in (0, 1], got {self.select_ratio}")
 
 
 @dataclass

@@ -27,7 +27,7 @@ from orizuru.tokenizer.tokenizer import Tokenizer
 from orizuru.train.batches import Source, TokenBatches, val_batches
 from orizuru.train.config import PretrainConfig, TrainConfig
 from orizuru.train.loop import Stage, export_shard_size, gathered, run_stage
-from orizuru.train.loss import lm_loss
+from orizuru.train.loss import lm_loss, selective_lm_loss
 from orizuru.train.tokenize import file_sha256, read_meta, token_bytes
 
 
@@ -60,6 +60,25 @@ def _init_model(cfg: PretrainConfig, data_meta: dict, device) -> tuple[Llama, To
             f"tokenizer in {data_dir} has {tokenizer.vocab_size} tokens but 'model.vocab_size' is {cfg.model.vocab_size}"
         )
     return model.to(device), tokenizer
+
+
+def load_reference(cfg: PretrainConfig, data_meta: dict, tokenizer: Tokenizer, device) -> Llama:
+    """Rho-1's reference model (`train.select_ref`), frozen and in eval mode on this process's
+    device. Under DDP/FSDP2 every rank holds its own full copy: it only runs forward, and a
+    reference is small next to the model being trained."""
+    ref_dir = Path(cfg.train.select_ref)
+    if not (ref_dir / "config.json").is_file():  # checked here, not at load: a pipeline's reference is built by an earlier stage
+        what = "has no config.json" if ref_dir.is_dir() else "does not exist"
+        raise ConfigError(f"config key 'train.select_ref': {ref_dir} {what} (expected a HF Llama model directory)")
+    ref_tok = ref_dir / "tokenizer.json"
+    ref = load_model(ref_dir, device="cpu")
+    if ref_tok.exists() and file_sha256(ref_tok) != data_meta["tokenizer_sha256"]:
+        raise ConfigError(f"config key 'train.select_ref': {ref_dir}/tokenizer.json is not the tokenizer of the shards in "
+                          f"{cfg.data.dirs[0]} (sha256 differs); the reference must use the run's tokenizer")
+    if (not ref_tok.exists() and ref.cfg.vocab_size != cfg.model.vocab_size) or ref.cfg.vocab_size < tokenizer.vocab_size:
+        raise ConfigError(f"config key 'train.select_ref': {ref_dir} has vocab_size {ref.cfg.vocab_size}, the run's model "
+                          f"{cfg.model.vocab_size} and its tokenizer {tokenizer.vocab_size} tokens; the reference must use the run's tokenizer")
+    return ref.requires_grad_(False).eval().to(device)
 
 
 def evaluate(model, val: Source, tcfg: TrainConfig, world: int, rank: int, tbytes: torch.Tensor, device, amp) -> tuple[float, float]:
@@ -97,6 +116,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         raise ConfigError(f"config key 'data.dirs': shard sets were tokenized with different tokenizers: {cfg.data.dirs}")
     run_dir = Path(cfg.run.dir)
     model, tokenizer = _init_model(cfg, metas[0], device)
+    ref = load_reference(cfg, metas[0], tokenizer, device) if tcfg.select_ref else None
     train_sources = [Source(d, "train", tcfg.seq_len) for d in cfg.data.dirs]
     val_source = Source(cfg.data.dirs[0], "val", tcfg.seq_len)
     batches = TokenBatches(train_sources, cfg.data.weights or [1.0] * len(train_sources), tcfg.batch_size, tcfg.grad_accum, world, tcfg.seed)
@@ -130,7 +150,11 @@ def pretrain(cfg: PretrainConfig) -> dict:
         return {"loss": loss, "bpb": bpb}
 
     def loss(m, b):
-        return pretrain_loss(m, b, tcfg, tokenizer.bos_id)
+        if ref is None:
+            return pretrain_loss(m, b, tcfg, tokenizer.bos_id)
+        x, y = b
+        loss_sum, n_selected, n_valid = selective_lm_loss(m, ref, x, y, tcfg, tokenizer.bos_id)
+        return loss_sum, n_selected, {"tokens": x.numel(), "selected_frac": (n_selected, n_valid)}
 
     stage = Stage("pretrain", batch, loss, validate, on_log, extra=lambda step: {"epochs": batches.epochs(step)})
     trained = run_stage(stage, model, tcfg, run_dir, device, amp)
