@@ -63,6 +63,17 @@ def test_val_batches_disjoint(tiny_shards_dir):
     assert not {row.tobytes() for x in r0 for row in x} & {row.tobytes() for x in r1 for row in x}
 
 
+def test_val_batches_spread_over_the_split(tiny_shards_dir):
+    """Fewer windows than the split holds: they come from its start, middle and end, not its first documents."""
+    src = Source(tiny_shards_dir, "val", 8)
+    assert src.n_windows >= 12
+    rows = {row.tobytes() for x, _ in val_batches(src, 2, 2, world=1, rank=0) for row in x}
+    first, last = src.window_at(0)[:-1].tobytes(), src.window_at(src.n_windows - 1)[:-1].tobytes()
+    assert len(rows) == 4 and first in rows and last in rows
+    every = {row.tobytes() for x, _ in val_batches(src, src.n_windows, 1, world=1, rank=0) for row in x}
+    assert len(every) == len({src.window_at(k)[:-1].tobytes() for k in range(src.n_windows)})  # all of it when asked for all
+
+
 def test_tokenize_resumes_and_skips_finished_inputs(tmp_path, tiny_tokenizer_dir):
     a, b = tmp_path / "a.txt", tmp_path / "b.jsonl"
     a.write_text("最初の文書です。\n\n二つ目の文書。\n", encoding="utf-8")

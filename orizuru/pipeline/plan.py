@@ -196,7 +196,7 @@ def load_pipeline(path: str | Path, out_dir: str | None = None, sets: dict[str, 
         resolved = copy.deepcopy(data)
         for key in variant.inputs:
             value = _get(data, key)
-            if value is None:
+            if value in (None, ""):  # unset (a path key's empty default)
                 continue
             items = value if isinstance(value, list) else [value]
             new = []

@@ -58,7 +58,7 @@ def resolve(stage: Stage, p: Pipeline):
     data = copy.deepcopy(stage.data)
     for key in stage.variant.inputs:
         value = _get(data, key)
-        if value is None:
+        if value in (None, ""):  # unset (a path key's empty default)
             continue
         items = []
         for item in value if isinstance(value, list) else [value]:
@@ -109,7 +109,7 @@ def resolve_paths_only(stage: Stage, p: Pipeline):
         _set(data, stage.variant.output, str(p.out / _get(stage.data, stage.variant.output)))
     for key in stage.variant.inputs:
         value = _get(data, key)
-        if value is not None:
+        if value not in (None, ""):
             _set(data, key, ["-"] * len(value) if isinstance(value, list) else "-")
     return build(stage.variant, data)
 

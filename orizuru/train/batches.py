@@ -98,10 +98,13 @@ class TokenBatches:
 
 
 def val_batches(source: Source, batch_size: int, n_batches: int, world: int, rank: int):
-    """The first windows of the validation split, split disjointly across ranks (same every eval)."""
+    """Windows spread evenly over the whole validation split, split disjointly across ranks (the
+    same every eval). The split keeps the corpus order, so its first windows are a few documents
+    of one source: the demo's first 128 windows scored 1.86 bits/byte where all 1,173 scored 1.66."""
     total = min(source.n_windows, batch_size * n_batches * world)
     per_rank = total // world
-    idx = list(range(rank * per_rank, (rank + 1) * per_rank))
+    spread = np.linspace(0, source.n_windows - 1, per_rank * world).round().astype(np.int64)
+    idx = spread[rank::world].tolist()
     for i in range(0, len(idx), batch_size):
         chunk = np.stack([source.window_at(k) for k in idx[i : i + batch_size]])
         yield chunk[:, :-1], chunk[:, 1:]
