@@ -284,3 +284,19 @@ def test_large_exports_are_sharded_as_transformers_writes_them():
         big = Llama(ModelConfig(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, vocab_size=32000, max_seq_len=4096))  # 7B: 27 GiB in fp32
         small = Llama(ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, max_seq_len=64))
     assert export_shard_size(big) == SHARD_BYTES and export_shard_size(small) is None
+
+
+def test_native_dtype_takes_bf16_only_on_a_cpu_with_bf16_instructions(monkeypatch):
+    from orizuru import runtime
+
+    flags = set()
+    if Path("/proc/cpuinfo").exists():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags |= set(line.split(":", 1)[1].split())
+    if os.uname().machine in ("x86_64", "AMD64"):  # the kernel's flags are an independent reference
+        assert runtime.cpu_has_bf16() == bool(flags & {"avx512_bf16", "amx_tile"})
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(runtime, "cpu_has_bf16", lambda native=native: native)
+        assert runtime.setup_device("native", "cpu") == (torch.device("cpu"), expected)
+    assert runtime.setup_device("auto", "cpu")[1] is None and runtime.setup_device("bfloat16", "cpu")[1] is torch.bfloat16
