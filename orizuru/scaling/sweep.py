@@ -60,7 +60,7 @@ class SweepSection:
     # but on a small corpus a model that can memorise it does (see data/scaling/SOURCES.md). 0: no cap.
     max_epochs: float = 1.0
     # "fixed": train.lr for every run; a rule of orizuru.scaling.plan.LR_RULES ("muon-cpu": fitted on
-    # small runs of this sweep's recipe, bench/scaling_lr.py): its lr for each run's width and budget
+    # 500-step runs of cpu-tiny.toml's recipe, bench/scaling_lr.py): its lr for each run's width and budget
     lr_rule: str = "fixed"
 
     def validate(self) -> None:
