@@ -263,16 +263,15 @@ class LrRule:
     compute_exp: float = 0.0
     width_exp: float = 0.0
     cap: float = math.inf
-    source: str = ""
 
 
 LR_RULES = {
     # DeepSeek LLM (2024) eq. 1, AdamW, fitted on 1e17-3e20 FLOPs; capped at 0.02 below their range.
-    "deepseek": LrRule(coef=0.3118, compute_exp=0.125, cap=0.02, source="DeepSeek LLM eq. 1 (AdamW)"),
+    "deepseek": LrRule(coef=0.3118, compute_exp=0.125, cap=0.02),
     # Muon + AdamW (RMS-matched), WSD: the CPU sweep's recipe, fitted by bench/scaling_lr.py on
     # 500-step runs of depths 1-7 (widths 16-112) of configs/scaling/cpu-tiny.toml. It has no run-length
     # term: in that sweep's longer runs one lr of 8e-3 beat it (docs/recipe-log.md)
-    "muon-cpu": LrRule(coef=0.297, width_exp=0.835, source="bench/scaling_lr.py, cpu-tiny.toml"),
+    "muon-cpu": LrRule(coef=0.297, width_exp=0.835),
 }
 
 
