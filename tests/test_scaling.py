@@ -252,3 +252,53 @@ def test_scaling_data_covers_the_shipped_text_once(tmp_path, capsys):
     # the held-out run of configs/scaling/cpu-tiny.toml (1.6e13 FLOPs at depth 5: 5.0M tokens) stays within one epoch
     assert stats["train_tokens"] > 5.1e6 and meta["vocab_size"] == 512
     assert cli(["scaling", "data", "--out", str(tmp_path), "--vocab-size", "300"]) == 2  # below bytes + specials
+
+
+def test_lr_rules_by_hand():
+    from orizuru.scaling.plan import LR_RULES, make_plan, peak_lr
+
+    # DeepSeek's rule depends on compute only, capped at 0.02 below its fitted range
+    assert peak_lr("deepseek", 1e21, 64) == pytest.approx(0.3118 * 1e21**-0.125)
+    assert peak_lr("deepseek", 1e21, 64) == peak_lr("deepseek", 1e21, 4096)
+    assert peak_lr("deepseek", 1e9, 64) == 0.02  # 0.3118 C^-0.125 = 0.02 at C = 3.5e9
+    assert make_plan(compute=1e21)["train"]["lr"] == pytest.approx(0.3118 * 1e21**-0.125)  # what `orizuru plan` writes
+    r = LR_RULES["muon-cpu"]
+    for width in (16, 48, 112):
+        assert peak_lr("muon-cpu", 1e12, width) == pytest.approx(min(r.coef * width**-r.width_exp, r.cap))
+    assert peak_lr("muon-cpu", 1e12, 96) / peak_lr("muon-cpu", 1e12, 48) == pytest.approx(2**-r.width_exp)
+
+
+def test_sweep_runs_get_the_per_size_lr(tmp_path, tiny_shards_dir, capsys):
+    from orizuru.scaling.plan import peak_lr
+
+    config = tmp_path / "sweep.toml"
+    config.write_text(f"""
+[sweep]
+dir = "{tmp_path / 'sweep'}"
+computes = [3e8]
+depths = [1, 2, 3]
+aspect = 16
+min_steps = 1
+max_epochs = 0
+lr_rule = "muon-cpu"
+[model]
+vocab_size = 512
+head_dim = 16
+tie_embeddings = true
+max_seq_len = 32
+[train]
+seq_len = 32
+batch_size = 4
+lr = 3e-3
+[data]
+dirs = ["{tiny_shards_dir}"]
+""")
+    assert cli(["scaling", "sweep", "--config", str(config), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    for depth, line in zip((1, 2, 3), lines):
+        assert f"lr {peak_lr('muon-cpu', 3e8, 16 * depth):.3g}" in line
+    assert cli(["scaling", "sweep", "--config", str(config), "--dry-run", "--set", 'sweep.lr_rule="fixed"']) == 0
+    assert all("lr 0.003 " in line for line in capsys.readouterr().out.splitlines())
+    assert cli(["scaling", "sweep", "--config", str(config), "--dry-run", "--set", 'sweep.lr_rule="mup"']) == 2
+    assert "sweep.lr_rule" in capsys.readouterr().err

@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
         for r in rows:
             loss = f"val_loss {r['val_loss']:.4f}" if "val_loss" in r else r["status"]
             print(f"{r['name']:<14} C {r['compute']:.3g}  dim {r['dim']:>4} depth {r['depth']:>2} "
-                  f"steps {r['steps']:>6}  {loss}")
+                  f"steps {r['steps']:>6}  lr {r['lr']:.3g}  {loss}")
         return 0
     if cmd == "data":
         print(json.dumps(sample_data(Path(args.out), args.vocab_size)))

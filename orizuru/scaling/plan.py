@@ -255,16 +255,43 @@ def inference_aware(target: float, law: Law, sizing: Sizing, inference_tokens: f
     }
 
 
+@dataclass(frozen=True)
+class LrRule:
+    """Peak learning rate = coef * C^-compute_exp * width^-width_exp, at most cap."""
+
+    coef: float
+    compute_exp: float = 0.0
+    width_exp: float = 0.0
+    cap: float = math.inf
+
+
+LR_RULES = {
+    # DeepSeek LLM (2024) eq. 1, AdamW, fitted on 1e17-3e20 FLOPs; capped at 0.02 below their range.
+    "deepseek": LrRule(coef=0.3118, compute_exp=0.125, cap=0.02),
+    # Muon + AdamW (RMS-matched), WSD: the CPU sweep's recipe, fitted by bench/scaling_lr.py on
+    # 500-step runs of depths 1-7 (widths 16-112) of configs/scaling/cpu-tiny.toml. It has no run-length
+    # term: in that sweep's longer runs one lr of 8e-3 beat it (docs/recipe-log.md)
+    "muon-cpu": LrRule(coef=0.297, width_exp=0.835),
+}
+
+
+def peak_lr(rule: str, compute: float, width: int) -> float:
+    """The learning rate a named rule (`LR_RULES`) gives a model `width` wide trained on `compute` FLOPs:
+    what `orizuru plan` writes into its config and `[sweep] lr_rule` gives each run of a sweep."""
+    r = LR_RULES[rule]
+    return min(r.coef * compute**-r.compute_exp * width**-r.width_exp, r.cap)
+
+
 def train_settings(compute: float, tokens: float, seq_len: int, micro_batch: int) -> dict:
     """Batch and peak LR from DeepSeek LLM's fits (2024, eq. 1): B = 0.292 C^0.3271 tokens,
-    lr = 0.3118 C^-0.125; steps cover the planned tokens."""
+    lr = 0.3118 C^-0.125 (`peak_lr("deepseek", ...)`); steps cover the planned tokens."""
     batch_tokens = 0.2920 * compute**0.3271
     seqs = max(1, round(batch_tokens / seq_len))
     micro = min(seqs, micro_batch)
     accum = -(-seqs // micro)
     per_step = micro * accum * seq_len
     steps = max(1, math.ceil(tokens / per_step))
-    lr = min(0.3118 * compute**-0.125, 0.02)
+    lr = peak_lr("deepseek", compute, width=1)  # no width term
     return {
         "seq_len": seq_len, "batch_size": micro, "grad_accum": accum, "batch_tokens": per_step,
         "steps": steps, "lr": lr, "warmup_steps": max(1, min(2000, steps // 20)),

@@ -1,8 +1,8 @@
 """`orizuru scaling data|sweep|fit|predict`: fit your own scaling law from small runs, predict the big one.
 
 sweep    An IsoFLOP grid (Chinchilla Approaches 2 and 3): at each compute budget C, several model
-         sizes, each trained on the tokens C buys (D = C / FLOPs-per-token), with the cosine schedule
-         ending at the last step. Every run is an ordinary `orizuru pretrain` run
+         sizes, each trained on the tokens C buys (D = C / FLOPs-per-token), with the config's
+         schedule ending at the last step and its lr, or a per-size lr (`[sweep] lr_rule`). Every run is an ordinary `orizuru pretrain` run
          (`orizuru.train.pretrain`), so it resumes; finished runs (summary.json) are skipped.
 fit      Approach 2: a parabola in ln N per IsoFLOP curve, its minimum, power laws N_opt ~ C^a and
          D_opt ~ C^b through the minima. Approach 3: L(N, D) = E + A/N^alpha + B/D^beta with the Huber
@@ -39,6 +39,7 @@ from orizuru.files import write_json
 from orizuru.model.config import ModelConfig
 from orizuru.model.flops import count_params, flops_per_token
 from orizuru.resources import DATA
+from orizuru.scaling.plan import LR_RULES, peak_lr
 from orizuru.tokenizer.tokenizer import train_bpe_dir
 from orizuru.train.config import DataConfig, PretrainConfig, RunConfig, TrainConfig
 from orizuru.train.pretrain import pretrain
@@ -58,6 +59,9 @@ class SweepSection:
     # unique tokens; Muennighoff et al. 2023 find repeats nearly as good up to ~4 epochs at LLM scale,
     # but on a small corpus a model that can memorise it does (see data/scaling/SOURCES.md). 0: no cap.
     max_epochs: float = 1.0
+    # "fixed": train.lr for every run; a rule of orizuru.scaling.plan.LR_RULES ("muon-cpu": fitted on
+    # 500-step runs of cpu-tiny.toml's recipe, bench/scaling_lr.py): its lr for each run's width and budget
+    lr_rule: str = "fixed"
 
     def validate(self) -> None:
         if not self.computes or any(c <= 0 for c in self.computes):
@@ -68,6 +72,8 @@ class SweepSection:
             raise ConfigError("config keys 'sweep.aspect' and 'sweep.min_steps' must be >= 1")
         if self.max_epochs < 0:
             raise ConfigError(f"config key 'sweep.max_epochs' must be >= 0 (0: no cap), got {self.max_epochs}")
+        if self.lr_rule != "fixed" and self.lr_rule not in LR_RULES:
+            raise ConfigError(f"config key 'sweep.lr_rule' must be 'fixed' or one of {', '.join(LR_RULES)}, got '{self.lr_rule}'")
 
 
 @dataclass
@@ -102,6 +108,23 @@ def _train_tokens(data: DataConfig) -> int:
     return total
 
 
+def sweep_model(cfg: SweepConfig, depth: int) -> ModelConfig:
+    """The base [model] at one size of the depth dial: dim = aspect x depth, the base config's GQA ratio."""
+    dim = cfg.sweep.aspect * depth
+    head_dim = cfg.model.head_dim or 64
+    heads = max(1, dim // head_dim)
+    kv = max(1, heads // (cfg.model.n_heads // cfg.model.n_kv_heads))
+    while heads % kv:
+        kv -= 1
+    # LLaMA's 8/3 * dim, rounded to 8 rather than the model default's 64: at these widths a
+    # multiple of 64 would make the FFN (and N) jump between neighbouring sizes
+    ffn = 8 * math.ceil(dim / 3)  # = 8/3 * dim rounded up to a multiple of 8
+    model = dataclasses.replace(cfg.model, dim=dim, n_layers=depth, n_heads=heads, n_kv_heads=kv,
+                                head_dim=head_dim, ffn_dim=ffn)
+    validate(model)
+    return model
+
+
 def sweep_runs(cfg: SweepConfig) -> tuple[list[tuple[str, float, PretrainConfig]], list[str]]:
     """(name, nominal compute, config) for every IsoFLOP point, and why the left-out points were left out
     (fewer than min_steps steps, or more than max_epochs passes over the data)."""
@@ -111,18 +134,7 @@ def sweep_runs(cfg: SweepConfig) -> tuple[list[tuple[str, float, PretrainConfig]
     runs, skipped = [], []
     for compute in sorted(s.computes):
         for depth in sorted(set(s.depths)):
-            dim = s.aspect * depth
-            head_dim = cfg.model.head_dim or 64
-            heads = max(1, dim // head_dim)
-            kv = max(1, heads // (cfg.model.n_heads // cfg.model.n_kv_heads))  # the base config's GQA ratio
-            while heads % kv:
-                kv -= 1
-            # LLaMA's 8/3 * dim, rounded to 8 rather than the model default's 64: at these widths a
-            # multiple of 64 would make the FFN (and N) jump between neighbouring sizes
-            ffn = 8 * math.ceil(dim / 3)  # = 8/3 * dim rounded up to a multiple of 8
-            model = dataclasses.replace(cfg.model, dim=dim, n_layers=depth, n_heads=heads, n_kv_heads=kv,
-                                        head_dim=head_dim, ffn_dim=ffn)
-            validate(model)
+            model = sweep_model(cfg, depth)
             steps = round(compute / (flops_per_token(model, t.seq_len) * tokens_per_step))
             name = f"C{compute:.2g}-d{depth}".replace("+", "")
             if steps < s.min_steps:
@@ -132,7 +144,8 @@ def sweep_runs(cfg: SweepConfig) -> tuple[list[tuple[str, float, PretrainConfig]
                 skipped.append(f"{name}: {steps * tokens_per_step / unique:.1f} epochs > sweep.max_epochs {s.max_epochs:g}")
                 continue
             # only the final validation loss matters here; a mid-run checkpoint keeps a kill cheap
-            train = dataclasses.replace(t, max_steps=steps, warmup_steps=min(t.warmup_steps, steps // 10),
+            lr = t.lr if s.lr_rule == "fixed" else peak_lr(s.lr_rule, compute, model.dim)
+            train = dataclasses.replace(t, lr=lr, max_steps=steps, warmup_steps=min(t.warmup_steps, steps // 10),
                                         eval_every=steps, ckpt_every=max(1, steps // 2), log_every=min(t.log_every, steps))
             run = PretrainConfig(model=model, train=train, data=cfg.data, run=RunConfig(dir=str(Path(s.dir) / name)))
             validate(run)
@@ -173,7 +186,7 @@ def sweep(cfg: SweepConfig, dry_run: bool = False, jobs: int = 1) -> list[dict]:
         for name, compute, run in runs:
             summary_path = Path(run.run.dir) / "summary.json"
             row = {"name": name, "dir": run.run.dir, "compute": compute, "depth": run.model.n_layers,
-                   "dim": run.model.dim, "steps": run.train.max_steps}
+                   "dim": run.model.dim, "steps": run.train.max_steps, "lr": run.train.lr}
             if summary_path.exists():
                 row.update(status="done", seconds=seconds.get(name), **_summary(summary_path))
             else:
