@@ -3,8 +3,9 @@
 Training runs in float32 weights with bf16 autocast on CUDA; inference commands (`eval`, `judge`,
 `generate`, sampling) hold the weights in the chosen dtype. `auto` means CUDA with bf16 when a
 GPU is present, else the CPU in float32; training's `native` also takes bf16 autocast on a CPU
-with bf16 instructions (the demo's pre-training: 1.3x the steps/s at the same loss on AVX512-BF16). Under `torchrun` each process takes the GPU of its
-LOCAL_RANK (`cuda` without an index), across one machine or several (`--nnodes`).
+with bf16 instructions (the demo's pre-training: 1.24-1.31x the steps/s at the same loss on
+AVX512-BF16). Under `torchrun` each process takes the GPU of its LOCAL_RANK (`cuda` without an
+index), across one machine or several (`--nnodes`).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     seed: int = 1337
-    dtype: Literal["auto", "float32", "bfloat16", "native"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; native: also bf16 on a CPU with bf16 instructions
+    dtype: Literal["auto", "float32", "bfloat16", "native"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU; native: bf16 also on a bf16 CPU
     device: str = "auto"  # auto|cpu|cuda|cuda:N (under torchrun, cuda is LOCAL_RANK's GPU)
     compile: bool = False
     activation_checkpointing: bool = False
