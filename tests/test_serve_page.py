@@ -63,10 +63,15 @@ def test_chat_page(browser, tmp_path):
         before = metric(url, 'orizuru_requests_finished_total{reason="cancelled"}')
         page.get_by_test_id("max_tokens").fill("1600")
         page.get_by_test_id("prompt").fill(long_msgs[2]["content"])
+        # Stop is pressed from inside the page at the first streamed text: a click from the test
+        # process can come after an idle machine has streamed all 1,600 tokens (Stop then disabled)
+        page.evaluate("""() => { const obs = new MutationObserver(() => {
+            const reply = document.querySelectorAll('[data-testid=message]')[3], stop = document.querySelector('[data-testid=stop]');
+            if (reply && reply.textContent > '' && !stop.disabled) { obs.disconnect(); stop.click(); } });
+          obs.observe(document.getElementById('messages'), {childList: true, subtree: true, characterData: true}); }""")
         page.get_by_test_id("send").click()
-        page.wait_for_function("(document.querySelectorAll('[data-testid=message]')[3] || {}).textContent > ''")
-        page.get_by_test_id("stop").click()
-        page.wait_for_function("document.querySelector('[data-testid=stop]').disabled")
+        page.wait_for_function("(document.querySelectorAll('[data-testid=message]')[3] || {}).textContent > '' && "
+                               "document.querySelector('[data-testid=stop]').disabled")  # fmt: skip
         partial = messages.nth(3).locator(".text").text_content()
         assert 0 < len(partial) < len(full.choices[0].message.content) and full.choices[0].message.content.startswith(partial)
         t0 = time.monotonic()
