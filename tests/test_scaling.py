@@ -151,6 +151,17 @@ def test_unfinished_or_missing_runs_are_errors(tmp_path):
     assert runs[0]["N"] == pytest.approx(rows[1]["N"] - 2 * 1000 * 64)
 
 
+TINY_MODEL = """[model]
+vocab_size = 512
+head_dim = 16
+tie_embeddings = true
+max_seq_len = 32
+[train]
+seq_len = 32
+batch_size = 4
+"""  # the tiny sweeps' shared shapes; each test adds its own [train] keys after these
+
+
 @pytest.mark.slow  # ~10 s of CPU, much more wall time on a loaded machine
 def test_real_sweep_runs_resumes_and_feeds_the_fit(tmp_path, tiny_shards_dir, capsys):
     config = tmp_path / "sweep.toml"
@@ -161,15 +172,7 @@ computes = [1.5e8, 3e8]
 depths = [1, 2]
 aspect = 16
 min_steps = 4
-[model]
-vocab_size = 512
-head_dim = 16
-tie_embeddings = true
-max_seq_len = 32
-[train]
-seq_len = 32
-batch_size = 4
-warmup_steps = 2
+{TINY_MODEL}warmup_steps = 2
 lr = 3e-3
 eval_batches = 2
 [data]
@@ -281,15 +284,7 @@ aspect = 16
 min_steps = 1
 max_epochs = 0
 lr_rule = "muon-cpu"
-[model]
-vocab_size = 512
-head_dim = 16
-tie_embeddings = true
-max_seq_len = 32
-[train]
-seq_len = 32
-batch_size = 4
-lr = 3e-3
+{TINY_MODEL}lr = 3e-3
 [data]
 dirs = ["{tiny_shards_dir}"]
 """)

@@ -21,11 +21,15 @@ from orizuru.train.batches import doc_ids_from_bos
 from orizuru.train.config import TrainConfig
 
 
+def _doc_mask(x: torch.Tensor, tcfg: TrainConfig, bos_id: int | None) -> dict:
+    """The model's `doc_ids` keyword when `train.doc_mask` is on (documents start at BOS)."""
+    return {"doc_ids": doc_ids_from_bos(x, bos_id)} if tcfg.doc_mask and bos_id is not None else {}
+
+
 def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, tcfg: TrainConfig, bos_id: int | None) -> torch.Tensor:
     """Summed training loss of one micro-batch (the step loop divides by the all-reduced target
     count); exactly `model(x, y, loss_reduction="sum")` when z-loss and doc_mask are off."""
-    doc_ids = doc_ids_from_bos(x, bos_id) if tcfg.doc_mask and bos_id is not None else None
-    kw = {} if doc_ids is None else {"doc_ids": doc_ids}
+    kw = _doc_mask(x, tcfg, bos_id)
     if not tcfg.z_loss:
         return model(x, y, loss_reduction="sum", **kw)
     logits = model(x, **kw).float()
@@ -51,19 +55,17 @@ def selective_lm_loss(model: torch.nn.Module, ref: torch.nn.Module, x: torch.Ten
     """Rho-1: (summed loss over the selected targets, selected count, valid target count) of one
     micro-batch. The reference runs once, without gradients, on the same inputs (and document mask);
     z-loss, when on, also covers the selected positions only."""
-    doc_ids = doc_ids_from_bos(x, bos_id) if tcfg.doc_mask and bos_id is not None else None
-    kw = {} if doc_ids is None else {"doc_ids": doc_ids}
+    kw = _doc_mask(x, tcfg, bos_id)
     flat_y = y.reshape(-1)
     logits = model(x, **kw).float()
     flat = logits.view(-1, logits.size(-1))
+    ce = F.cross_entropy(flat, flat_y, ignore_index=-100, reduction="none")  # once: it scores and trains
     with torch.no_grad():
-        ce = F.cross_entropy(flat, flat_y, ignore_index=-100, reduction="none")
         ref_logits = ref(x, **kw).float()
         ref_ce = F.cross_entropy(ref_logits.view(-1, ref_logits.size(-1)), flat_y, ignore_index=-100, reduction="none")
     valid = flat_y != -100
-    chosen = select_tokens(ce - ref_ce, valid, tcfg.select_ratio)
-    # the unselected targets become ignored ones: at ratio 1 this is lm_loss's computation exactly
-    loss = F.cross_entropy(flat, flat_y.masked_fill(~chosen, -100), ignore_index=-100, reduction="sum")
+    chosen = select_tokens(ce.detach() - ref_ce, valid, tcfg.select_ratio)
+    loss = ce[chosen].sum()
     if tcfg.z_loss:
         loss = loss + tcfg.z_loss * torch.logsumexp(flat[chosen], dim=-1).pow(2).sum()
     return loss, chosen.sum(), valid.sum()
